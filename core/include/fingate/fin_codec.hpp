@@ -1,0 +1,67 @@
+// Fin protocol codec: reads only the routing fields of a Fin message (simdjson on-demand,
+// no DOM, no copy of the payload), validates what SOARCA's Go decoder and the Python fin
+// library require, and writes acks/nacks. simdjson is confined to core/src/fin/codec.cpp.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fingate::fin {
+
+// simdjson needs this many readable bytes past the end of the input. Buffers handed to
+// parse() should have capacity >= size + kPadding; parse() copies into a padded buffer
+// otherwise (slower, still correct).
+inline constexpr size_t kPadding = 64;
+
+enum class MsgType {
+  Unknown,  // "type" missing or not one of the below
+  Register,
+  Ack,
+  Nack,
+  Command,
+  Result,
+  Unregister,
+  Pause,
+  Resume,
+  Stop,
+  Progress,
+  Status,
+};
+
+std::string_view toString(MsgType t) noexcept;
+
+struct Routing {
+  MsgType type = MsgType::Unknown;
+  std::string message_id;                    // unescaped; empty when absent
+  bool message_id_readable = false;          // a string message_id was read (so a nack can name it)
+  std::string fin_id;                        // register, unregister
+  std::vector<std::string> capability_ids;   // register: one per capability, in order
+  std::string capability_id;                 // unregister, pause/resume/stop/progress/status
+  bool all = false;                          // unregister: `all` true (bool true or string "true")
+};
+
+struct ParseResult {
+  bool ok = false;
+  std::string error;  // when !ok: one line, e.g. "register: capabilities[0].capability_id: expected a string"
+  Routing msg;        // filled as far as it could be read (message_id may be readable on error)
+};
+
+// Parses and validates one message. `capacity` is the number of readable bytes at `data`
+// (>= len); pass len when unknown. Never throws.
+ParseResult parse(const char* data, size_t len, size_t capacity) noexcept;
+inline ParseResult parse(std::string_view s) noexcept { return parse(s.data(), s.size(), s.size()); }
+
+// Id checks before an id becomes a topic: empty, "soarca", '+', '#', NUL or control
+// characters, or over 1024 bytes are refused. Returns an empty string when valid, else why.
+std::string validateId(std::string_view id);
+
+// Compact Go-shaped {"type":"ack","message_id":"..."} / nack, with JSON escaping.
+std::string makeAck(std::string_view message_id);
+std::string makeNack(std::string_view message_id);
+
+// JSON string escaping (quotes not included), shared by every JSON writer of the core.
+void appendJsonEscaped(std::string& out, std::string_view s);
+
+}  // namespace fingate::fin
