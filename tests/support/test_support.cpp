@@ -146,6 +146,56 @@ int portFromLine(const std::string& line) {
   return 0;
 }
 
+HttpResponse httpGet(int port, const std::string& path, std::chrono::milliseconds timeout) {
+  HttpResponse r;
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return r;
+  }
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string resp;
+  auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buf[8192];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    resp.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  if (resp.rfind("HTTP/1.", 0) != 0 || resp.size() < 12) return r;
+  r.status = std::stoi(resp.substr(9, 3));
+  auto hdr_end = resp.find("\r\n\r\n");
+  if (hdr_end == std::string::npos) return r;
+  std::string headers = resp.substr(0, hdr_end);
+  std::string body = resp.substr(hdr_end + 4);
+  // Chunked bodies (httplib uses Content-Length for these endpoints, but be safe).
+  std::string lower = headers;
+  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower.find("transfer-encoding: chunked") != std::string::npos) {
+    std::string out;
+    size_t pos = 0;
+    while (pos < body.size()) {
+      size_t eol = body.find("\r\n", pos);
+      if (eol == std::string::npos) break;
+      size_t len = std::stoul(body.substr(pos, eol - pos), nullptr, 16);
+      if (len == 0) break;
+      out += body.substr(eol + 2, len);
+      pos = eol + 2 + len + 2;
+    }
+    body = out;
+  }
+  r.body = body;
+  return r;
+}
+
 // ---- FrameClient -----------------------------------------------------------------------
 
 FrameClient::FrameClient(int port, const std::string& host) { connect(port, host); }

@@ -58,6 +58,13 @@ class Process {
   std::string log_path_;
 };
 
+// A plain HTTP/1.1 GET to 127.0.0.1:port (Connection: close). status 0 = no answer.
+struct HttpResponse {
+  int status = 0;
+  std::string body;
+};
+HttpResponse httpGet(int port, const std::string& path, std::chrono::milliseconds timeout = 5s);
+
 // Parses "... listening on 127.0.0.1:PORT ..." out of a log line; 0 if absent.
 int portFromLine(const std::string& line);
 

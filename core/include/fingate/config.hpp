@@ -14,10 +14,13 @@ struct Mark {
   int column = 0;
 };
 
-// Thrown for every configuration problem. what() is "file:line:col: message".
+// Thrown for every configuration problem. what() is "file:line:col: message" ("file: message"
+// when the line is unknown (0); just "message" when file is empty).
 class ConfigError : public std::runtime_error {
  public:
   ConfigError(const std::string& file, Mark mark, const std::string& message);
+  // The file could not be read: what() and message() are "cannot read FILE: reason".
+  static ConfigError cannotRead(const std::string& file, const std::string& reason);
   const std::string& file() const { return file_; }
   Mark mark() const { return mark_; }
   const std::string& message() const { return message_; }
@@ -26,6 +29,9 @@ class ConfigError : public std::runtime_error {
   std::string file_;
   Mark mark_;
   std::string message_;
+
+  struct WholeMessage {};
+  ConfigError(WholeMessage, const std::string& file, const std::string& message);
 };
 
 enum class Role { Orchestrator, Fins, Bridge };
@@ -78,8 +84,8 @@ struct Config {
 
 // Reads and validates a config file (syntax, known top-level keys, types, endpoint
 // references in routes, roles). Plugin-specific keys are checked later against the
-// plugin's descriptor. Relative plugins_dir/state_dir are resolved against the current
-// directory. Throws ConfigError.
+// plugin's descriptor. plugins_dir/state_dir are kept as written: relative ones are
+// resolved by the gateway against the current directory. Throws ConfigError.
 Config loadConfig(const std::string& path);
 Config parseConfig(const std::string& text, const std::string& file_name);
 

@@ -53,6 +53,10 @@ struct ParseResult {
 ParseResult parse(const char* data, size_t len, size_t capacity) noexcept;
 inline ParseResult parse(std::string_view s) noexcept { return parse(s.data(), s.size(), s.size()); }
 
+// Same as parse(), but fills `out`, reusing its strings' storage: no allocation per message once
+// `out` has seen ids of that length (use one ParseResult per thread on hot paths).
+void parseInto(ParseResult& out, const char* data, size_t len, size_t capacity) noexcept;
+
 // Id checks before an id becomes a topic: empty, "soarca", '+', '#', NUL or control
 // characters, or over 1024 bytes are refused. Returns an empty string when valid, else why.
 std::string validateId(std::string_view id);

@@ -1,0 +1,695 @@
+// Tests of libfingate-tcp.so through the C ABI: real sockets on 127.0.0.1, real plugin
+// instances (listen and connect mode talking to each other), a real TLS certificate made
+// with `openssl req`. No timing assertions: every wait is bounded and polls for a condition.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "test_support.hpp"
+
+namespace fingate::test {
+namespace {
+
+using Cfg = std::vector<std::pair<std::string, std::string>>;
+
+std::shared_ptr<PluginLibrary> tcpLib() {
+  static std::shared_ptr<PluginLibrary> lib = loadBuiltPlugin("tcp");
+  return lib;
+}
+
+// One plugin instance with its own recording host (the host outlives the instance).
+struct Node {
+  explicit Node(const Cfg& cfg) : inst(std::make_unique<PluginInstance>(tcpLib(), host, cfg)) {}
+  RecordingHost host;
+  std::unique_ptr<PluginInstance> inst;
+  int port = 0;
+
+  fg_status publish(const std::string& topic, const std::string& payload, uint64_t session = 0,
+                    uint64_t delivery_id = 0) {
+    fg_message m{{topic.data(), topic.size()}, {payload.data(), payload.size()}, nullptr, 0, 0, session};
+    return inst->publish(m, delivery_id);
+  }
+  // Publishes, retrying while the plugin answers FG_RETRY (bounded).
+  fg_status publishRetrying(const std::string& topic, const std::string& payload, uint64_t session = 0,
+                            uint64_t delivery_id = 0) {
+    fg_status st = FG_RETRY;
+    for (int i = 0; i < 5000 && st == FG_RETRY; ++i) {
+      st = publish(topic, payload, session, delivery_id);
+      if (st == FG_RETRY) std::this_thread::sleep_for(1ms);
+    }
+    return st;
+  }
+  bool hasLog(const std::string& needle) {
+    for (auto& l : host.logs())
+      if (l.find(needle) != std::string::npos) return true;
+    return false;
+  }
+  bool hasSession(uint64_t id, fg_session_event ev) {
+    for (auto& [s, e] : host.sessions())
+      if (s == id && e == ev) return true;
+    return false;
+  }
+  std::optional<fg_delivery> delivery(uint64_t id) {
+    auto d = host.deliveries();
+    auto it = d.find(id);
+    if (it == d.end()) return std::nullopt;
+    return it->second;
+  }
+};
+
+std::unique_ptr<Node> startListener(const Cfg& extra = {}, const std::string& listen = "127.0.0.1:0") {
+  Cfg cfg{{"listen", listen}};
+  cfg.insert(cfg.end(), extra.begin(), extra.end());
+  auto n = std::make_unique<Node>(cfg);
+  EXPECT_EQ(n->inst->start(), FG_OK);
+  EXPECT_TRUE(n->host.waitState(FG_STATE_UP));
+  n->port = portFromLine(n->host.stateDetail(FG_STATE_UP));
+  EXPECT_GT(n->port, 0) << n->host.stateDetail(FG_STATE_UP);
+  return n;
+}
+
+// The session id of a connected client: it publishes once and the host reports the session.
+uint64_t sessionOf(FrameClient& c, Node& n, const std::string& tag) {
+  EXPECT_TRUE(c.publish("whoami", tag));
+  auto m = n.host.next();
+  EXPECT_TRUE(m.has_value());
+  if (!m) return 0;
+  EXPECT_EQ(m->payload, tag);
+  return m->session;
+}
+
+// True when nothing but the barrier's pong arrives (what was sent before the barrier is in).
+bool nothingPending(FrameClient& c) {
+  if (!c.barrier()) return false;
+  return !c.recv(20ms).has_value();
+}
+
+std::string rawHeader(uint32_t rest, uint8_t kind, uint16_t topic_len) {
+  std::string s;
+  s.push_back(char(rest >> 24));
+  s.push_back(char(rest >> 16));
+  s.push_back(char(rest >> 8));
+  s.push_back(char(rest));
+  s.push_back(char(kind));
+  s.push_back(char(topic_len >> 8));
+  s.push_back(char(topic_len));
+  return s;
+}
+
+// ---- listen mode -------------------------------------------------------------------------
+
+TEST(TcpListen, DescriptorDeclaresKeysAndCapabilities) {
+  auto lib = tcpLib();
+  EXPECT_EQ(lib->name(), "tcp");
+  EXPECT_EQ(lib->capabilities() & (FG_CAP_SESSIONS | FG_CAP_DELIVERY), FG_CAP_SESSIONS | FG_CAP_DELIVERY);
+  for (const char* k : {"listen", "connect", "max_frame_bytes", "max_outbound_bytes", "reconnect_max_ms",
+                        "frame_timeout_ms", "tls.enabled", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.verify"})
+    EXPECT_TRUE(lib->acceptsKey(k)) << k;
+  EXPECT_FALSE(lib->acceptsKey("tls.bogus"));
+  EXPECT_FALSE(lib->acceptsKey("url"));
+}
+
+TEST(TcpListen, ReportsBoundPortAndAcceptsClients) {
+  auto n = startListener();
+  EXPECT_NE(n->host.stateDetail(FG_STATE_UP).find("listening on 127.0.0.1:"), std::string::npos);
+  FrameClient c(n->port);
+  ASSERT_TRUE(c.connected());
+  EXPECT_TRUE(c.barrier());
+}
+
+TEST(TcpListen, ClientPublishReachesHostWithSession) {
+  auto n = startListener();
+  FrameClient c1(n->port), c2(n->port);
+  const std::string reg = vectorBytes("01-a-register.json");
+  ASSERT_FALSE(reg.empty());
+  ASSERT_TRUE(c1.publish("soarca", reg));
+  auto m = n->host.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->topic, "soarca");
+  EXPECT_EQ(m->payload, reg);  // bytes unchanged
+  EXPECT_EQ(m->sub_id, 0u);
+  EXPECT_NE(m->session, 0u);
+  const uint64_t s2 = sessionOf(c2, *n, "from-c2");
+  EXPECT_NE(s2, 0u);
+  EXPECT_NE(s2, m->session);
+  EXPECT_TRUE(n->hasSession(m->session, FG_SESSION_OPENED));
+  // Empty topic and empty payload are legal frames.
+  ASSERT_TRUE(c1.publish("", ""));
+  auto e = n->host.next();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->topic, "");
+  EXPECT_EQ(e->payload, "");
+}
+
+TEST(TcpListen, SessionOpenAndCloseEvents) {
+  auto n = startListener();
+  auto c = std::make_unique<FrameClient>(n->port);
+  const uint64_t id = sessionOf(*c, *n, "hello");
+  ASSERT_NE(id, 0u);
+  EXPECT_TRUE(n->hasSession(id, FG_SESSION_OPENED));
+  EXPECT_FALSE(n->hasSession(id, FG_SESSION_CLOSED));
+  c.reset();
+  EXPECT_TRUE(waitFor([&] { return n->hasSession(id, FG_SESSION_CLOSED); }));
+  // A new connection never reuses the id.
+  FrameClient c2(n->port);
+  const uint64_t id2 = sessionOf(c2, *n, "again");
+  EXPECT_NE(id2, 0u);
+  EXPECT_NE(id2, id);
+}
+
+TEST(TcpListen, BroadcastReachesOnlyMatchingSubscribers) {
+  auto n = startListener();
+  FrameClient a(n->port), b(n->port), none(n->port);
+  ASSERT_TRUE(a.subscribe("soarca"));
+  ASSERT_TRUE(a.subscribe("#"));  // overlaps: still one copy per connection
+  ASSERT_TRUE(b.subscribe("fins/+"));
+  ASSERT_TRUE(a.barrier());
+  ASSERT_TRUE(b.barrier());
+  ASSERT_TRUE(none.barrier());
+
+  ASSERT_EQ(n->publish("soarca", "to-soarca", 0, 101), FG_OK);
+  auto f = a.recv();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->kind, FrameClient::Publish);
+  EXPECT_EQ(f->topic, "soarca");
+  EXPECT_EQ(f->payload, "to-soarca");
+  EXPECT_TRUE(nothingPending(a));  // exactly once
+  EXPECT_TRUE(nothingPending(b));
+  EXPECT_TRUE(nothingPending(none));
+  EXPECT_TRUE(waitFor([&] { return n->delivery(101) == FG_DELIVERY_OK; }));
+
+  ASSERT_EQ(n->publish("fins/x", "to-fins"), FG_OK);
+  auto fa = a.recv(), fb = b.recv();
+  ASSERT_TRUE(fa);
+  ASSERT_TRUE(fb);
+  EXPECT_EQ(fb->topic, "fins/x");
+  EXPECT_EQ(fb->payload, "to-fins");
+  EXPECT_TRUE(nothingPending(none));
+
+  // A broadcast nobody subscribed to: nothing to deliver, the delivery is still settled.
+  ASSERT_TRUE(b.send(FrameClient::Unsubscribe, "fins/+"));
+  ASSERT_TRUE(b.barrier());
+  ASSERT_EQ(n->publish("fins/y", "nobody-but-a", 0, 102), FG_OK);
+  EXPECT_TRUE(a.recv().has_value());
+  EXPECT_TRUE(nothingPending(b));  // unsubscribed
+  EXPECT_TRUE(waitFor([&] { return n->delivery(102) == FG_DELIVERY_OK; }));
+}
+
+TEST(TcpListen, SessionTargetedPublishReachesOnlyThatSession) {
+  auto n = startListener();
+  FrameClient c1(n->port), c2(n->port);
+  ASSERT_TRUE(c1.subscribe("fin-7"));  // subscribed, but the publish targets c2's session
+  ASSERT_TRUE(c1.barrier());
+  const uint64_t s2 = sessionOf(c2, *n, "c2");
+  ASSERT_NE(s2, 0u);
+  ASSERT_EQ(n->publish("fin-7", "only-for-c2", s2, 201), FG_OK);
+  auto f = c2.recv();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->kind, FrameClient::Publish);
+  EXPECT_EQ(f->topic, "fin-7");
+  EXPECT_EQ(f->payload, "only-for-c2");
+  EXPECT_TRUE(nothingPending(c1));
+  EXPECT_TRUE(waitFor([&] { return n->delivery(201) == FG_DELIVERY_OK; }));
+}
+
+TEST(TcpListen, UnknownSessionReportsDeliveryFailed) {
+  auto n = startListener();
+  EXPECT_EQ(n->publish("fin-7", "nobody", 987654, 301), FG_OK);
+  EXPECT_TRUE(waitFor([&] { return n->delivery(301) == FG_DELIVERY_FAILED; }));
+  EXPECT_TRUE(waitFor([&] { return n->hasLog("no such session"); }));
+  // A session that closed is gone too.
+  auto c = std::make_unique<FrameClient>(n->port);
+  const uint64_t id = sessionOf(*c, *n, "x");
+  c.reset();
+  ASSERT_TRUE(waitFor([&] { return n->hasSession(id, FG_SESSION_CLOSED); }));
+  EXPECT_EQ(n->publish("fin-7", "late", id, 302), FG_OK);
+  EXPECT_TRUE(waitFor([&] { return n->delivery(302) == FG_DELIVERY_FAILED; }));
+}
+
+TEST(TcpListen, RefusedSubscribeSendsErrorAndKeepsConnection) {
+  auto n = startListener();
+  std::atomic<uint64_t> asked_session{0};
+  n->host.authorize = [&](uint64_t session, std::string_view filter, std::string& reason) -> fg_status {
+    asked_session = session;
+    if (filter == "bound-elsewhere") {
+      reason = "capability \"bound-elsewhere\" is bound to another session";
+      return FG_ERR_STATE;
+    }
+    return FG_OK;
+  };
+  FrameClient c(n->port);
+  const uint64_t id = sessionOf(c, *n, "me");
+  ASSERT_TRUE(c.subscribe("bound-elsewhere"));
+  auto e = c.recv();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind, FrameClient::Error);
+  EXPECT_EQ(e->payload,
+            R"({"error":"subscribe refused","detail":"capability \"bound-elsewhere\" is bound to another session"})");
+  EXPECT_EQ(asked_session.load(), id);
+  // Still usable: not subscribed to the refused filter, publishes and other subscriptions work.
+  ASSERT_TRUE(c.barrier());
+  ASSERT_EQ(n->publish("bound-elsewhere", "must-not-arrive"), FG_OK);
+  EXPECT_TRUE(nothingPending(c));
+  ASSERT_TRUE(c.subscribe("mine"));
+  ASSERT_TRUE(c.barrier());
+  ASSERT_EQ(n->publish("mine", "arrives"), FG_OK);
+  auto f = c.recv();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, "arrives");
+  ASSERT_TRUE(c.publish("soarca", "still-here"));
+  auto m = n->host.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->payload, "still-here");
+  // An invalid filter is refused the same way, before the host is asked.
+  ASSERT_TRUE(c.subscribe("a/#/b"));
+  auto inv = c.recv();
+  ASSERT_TRUE(inv);
+  EXPECT_EQ(inv->kind, FrameClient::Error);
+  EXPECT_NE(inv->payload.find(R"("error":"invalid filter")"), std::string::npos);
+  EXPECT_TRUE(c.barrier());
+}
+
+TEST(TcpListen, PingPongEchoesTopicAndPayload) {
+  auto n = startListener();
+  FrameClient c(n->port);
+  const std::string payload("echo\0me", 7);
+  ASSERT_TRUE(c.send(FrameClient::Ping, "some/topic", payload));
+  auto f = c.recv();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->kind, FrameClient::Pong);
+  EXPECT_EQ(f->topic, "some/topic");
+  EXPECT_EQ(f->payload, payload);
+}
+
+TEST(TcpListen, BackPressureRetriesInOrderAndPongWaits) {
+  auto n = startListener();
+  FrameClient c(n->port);
+  ASSERT_TRUE(c.barrier());
+  n->host.retry_budget = 25;  // the host answers FG_RETRY 25 times
+  ASSERT_TRUE(c.publish("t", "m1"));
+  ASSERT_TRUE(c.publish("t", "m2"));
+  ASSERT_TRUE(c.barrier());
+  // The pong came, so both publishes must already be with the host, in order, once each.
+  EXPECT_EQ(n->host.retry_budget.load(), 0);
+  auto a = n->host.next(0ms);
+  auto b = n->host.next(0ms);
+  ASSERT_TRUE(a);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(a->payload, "m1");
+  EXPECT_EQ(b->payload, "m2");
+  EXPECT_FALSE(n->host.next(100ms).has_value());
+}
+
+struct BadFrame {
+  const char* name;
+  std::string bytes;
+  const char* error;
+};
+
+TEST(TcpListen, FramingErrorsCloseOnlyThatConnection) {
+  auto n = startListener({{"max_frame_bytes", "1024"}});
+  FrameClient good(n->port);
+  const uint64_t good_id = sessionOf(good, *n, "good");
+  const std::vector<BadFrame> cases = {
+      {"short length", rawHeader(2, 1, 0).substr(0, 6), "frame too short"},
+      {"oversized", rawHeader(2000, 1, 0) + std::string(100, 'x'), "frame too large"},
+      {"topic past frame", rawHeader(5, 1, 10) + "ab", "topic length past frame"},
+      {"unknown kind", rawHeader(3, 9, 0), "unknown kind"},
+      {"client sends pong", rawHeader(3, 5, 0), "unknown kind"},
+      {"client sends error", rawHeader(3, 6, 0), "unknown kind"},
+  };
+  for (const auto& bad : cases) {
+    SCOPED_TRACE(bad.name);
+    FrameClient c(n->port);
+    const uint64_t id = sessionOf(c, *n, std::string("bad-") + bad.name);
+    ASSERT_TRUE(c.sendRaw(bad.bytes));
+    auto e = c.recv();
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->kind, FrameClient::Error);
+    EXPECT_NE(e->payload.find(std::string(R"({"error":")") + bad.error + "\""), std::string::npos) << e->payload;
+    EXPECT_NE(e->payload.find(R"("detail":")"), std::string::npos) << e->payload;
+    EXPECT_TRUE(c.waitClosed());
+    EXPECT_TRUE(waitFor([&] { return n->hasSession(id, FG_SESSION_CLOSED); }));
+    // The other client is unaffected.
+    ASSERT_TRUE(good.publish("soarca", bad.name));
+    auto m = n->host.next();
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->payload, bad.name);
+    EXPECT_EQ(m->session, good_id);
+    EXPECT_TRUE(good.barrier());
+  }
+  EXPECT_FALSE(n->hasSession(good_id, FG_SESSION_CLOSED));
+  EXPECT_TRUE(n->hasLog("frame too large"));
+}
+
+TEST(TcpListen, HalfSentFrameTimesOut) {
+  auto n = startListener({{"frame_timeout_ms", "300"}});
+  FrameClient good(n->port);
+  FrameClient c(n->port);
+  const uint64_t id = sessionOf(c, *n, "slowloris");
+  ASSERT_TRUE(c.sendRaw(rawHeader(100, 1, 0) + "only-part"));
+  auto e = c.recv(5s);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind, FrameClient::Error);
+  EXPECT_NE(e->payload.find(R"("error":"frame timeout")"), std::string::npos) << e->payload;
+  EXPECT_TRUE(c.waitClosed());
+  EXPECT_TRUE(waitFor([&] { return n->hasSession(id, FG_SESSION_CLOSED); }));
+  // A connection that is merely idle (no partial frame) is left alone.
+  std::this_thread::sleep_for(500ms);
+  EXPECT_TRUE(good.barrier());
+}
+
+TEST(TcpListen, LargeFramesCrossManyReads) {
+  auto n = startListener();
+  FrameClient c(n->port);
+  std::string big(700 * 1024, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = char(i * 131 + 7);
+  ASSERT_TRUE(c.publish("big", big));
+  auto m = n->host.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->payload, big);
+  ASSERT_EQ(n->publish("big", big, m->session, 401), FG_OK);
+  auto f = c.recv();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, big);
+  EXPECT_TRUE(waitFor([&] { return n->delivery(401) == FG_DELIVERY_OK; }));
+  // Larger than max_frame_bytes: refused at publish, never sent.
+  EXPECT_EQ(n->publish("big", std::string(2 * 1024 * 1024, 'x'), m->session), FG_ERR_INVALID_ARG);
+}
+
+TEST(TcpListen, SlowConsumerIsClosedWithErrorFrame) {
+  auto n = startListener({{"max_outbound_bytes", "65536"}});
+  FrameClient slow(n->port), other(n->port);
+  ASSERT_TRUE(slow.subscribe("flood"));
+  ASSERT_TRUE(slow.barrier());
+  const uint64_t slow_id = sessionOf(slow, *n, "slow");
+  const std::string chunk(16 * 1024, 'f');
+  uint64_t last_id = 0;
+  for (uint64_t i = 1; i <= 8000 && !n->hasLog("slow consumer"); ++i) {
+    ASSERT_EQ(n->publishRetrying("flood", chunk, 0, 1000 + i), FG_OK);
+    last_id = 1000 + i;
+  }
+  ASSERT_TRUE(waitFor([&] { return n->hasLog("slow consumer"); }));
+  // The client reads now: everything the sockets held, then the error frame, then EOF.
+  std::optional<FrameClient::Frame> err;
+  for (int i = 0; i < 20000; ++i) {
+    auto f = slow.recv(5s);
+    if (!f) break;
+    if (f->kind == FrameClient::Error) {
+      err = f;
+      break;
+    }
+  }
+  ASSERT_TRUE(err) << "no error frame";
+  EXPECT_NE(err->payload.find(R"("error":"slow consumer")"), std::string::npos) << err->payload;
+  EXPECT_TRUE(slow.waitClosed());
+  EXPECT_TRUE(waitFor([&] { return n->hasSession(slow_id, FG_SESSION_CLOSED); }));
+  // Explicit: the publishes that did not make it are reported FAILED; every one is settled.
+  EXPECT_TRUE(waitFor([&] { return n->host.deliveries().size() == last_id - 1000; }));
+  size_t failed = 0;
+  for (auto& [id, st] : n->host.deliveries()) failed += st == FG_DELIVERY_FAILED;
+  EXPECT_GE(failed, 1u);
+  EXPECT_TRUE(other.barrier());  // another client is unaffected
+}
+
+TEST(TcpListen, BindFailureIsReturnedAndLogged) {
+  auto first = startListener();
+  Node second({{"listen", "127.0.0.1:" + std::to_string(first->port)}});
+  EXPECT_NE(second.inst->start(), FG_OK);
+  EXPECT_TRUE(second.hasLog("cannot listen on 127.0.0.1:" + std::to_string(first->port)));
+  EXPECT_FALSE(second.host.waitState(FG_STATE_UP, 100ms));
+}
+
+// ---- connect mode (gateway to gateway) ---------------------------------------------------
+
+TEST(TcpConnect, GatewayToGatewayAndResubscribeAfterRestart) {
+  auto a = startListener();
+  const int port = a->port;
+  Node b({{"connect", "127.0.0.1:" + std::to_string(port)}, {"reconnect_max_ms", "300"}});
+  ASSERT_EQ(b.inst->subscribe("fin-1", 7), FG_OK);  // before start: sent on connect
+  ASSERT_EQ(b.inst->start(), FG_OK);
+  ASSERT_TRUE(b.host.waitState(FG_STATE_UP));
+  EXPECT_EQ(b.host.stateDetail(FG_STATE_UP), "connected to 127.0.0.1:" + std::to_string(port));
+  ASSERT_EQ(b.inst->subscribe("soarca", 8), FG_OK);  // while connected
+
+  // B -> A: arrives at A with B's session.
+  ASSERT_EQ(b.publish("soarca", "hello-from-b", 0, 11), FG_OK);
+  auto m = a->host.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->topic, "soarca");
+  EXPECT_EQ(m->payload, "hello-from-b");
+  const uint64_t b_session = m->session;
+  EXPECT_NE(b_session, 0u);
+  EXPECT_TRUE(a->hasSession(b_session, FG_SESSION_OPENED));
+  EXPECT_TRUE(waitFor([&] { return b.delivery(11) == FG_DELIVERY_OK; }));
+
+  // A -> B: broadcast by subscription, and session-targeted.
+  ASSERT_EQ(a->publish("fin-1", "cmd-1"), FG_OK);
+  auto in = b.host.next();
+  ASSERT_TRUE(in);
+  EXPECT_EQ(in->topic, "fin-1");
+  EXPECT_EQ(in->payload, "cmd-1");
+  EXPECT_EQ(in->sub_id, 7u);
+  EXPECT_EQ(in->session, 0u);
+  ASSERT_EQ(a->publish("not-subscribed", "direct", b_session), FG_OK);
+  auto direct = b.host.next();
+  ASSERT_TRUE(direct);
+  EXPECT_EQ(direct->payload, "direct");
+  EXPECT_EQ(direct->sub_id, 0u);  // no subscription matches
+  // "soarca" (sub 8) reaches B once the subscription is in; poll with a bounded loop.
+  bool got_soarca = false;
+  for (int i = 0; i < 100 && !got_soarca; ++i) {
+    ASSERT_EQ(a->publish("soarca", "bcast"), FG_OK);
+    if (auto s = b.host.next(50ms)) got_soarca = s->sub_id == 8 && s->payload == "bcast";
+  }
+  EXPECT_TRUE(got_soarca);
+  while (b.host.next(100ms)) {
+  }
+
+  // The listener goes away: B reports DOWN and queues what it is given.
+  a->inst->stop(1000);
+  a.reset();
+  ASSERT_TRUE(b.host.waitState(FG_STATE_DOWN));
+  EXPECT_NE(b.host.stateDetail(FG_STATE_DOWN).find("127.0.0.1:" + std::to_string(port)), std::string::npos);
+  ASSERT_EQ(b.publish("soarca", "queued-while-down", 0, 12), FG_OK);
+
+  // A new listener on the same port: B reconnects, restores both subscriptions, flushes.
+  auto a2 = startListener({}, "127.0.0.1:" + std::to_string(port));
+  ASSERT_EQ(a2->port, port);
+  ASSERT_TRUE(b.host.waitState(FG_STATE_RECONNECTED));
+  auto q = a2->host.next();
+  ASSERT_TRUE(q);
+  EXPECT_EQ(q->payload, "queued-while-down");
+  EXPECT_NE(q->session, 0u);
+  EXPECT_TRUE(waitFor([&] { return b.delivery(12) == FG_DELIVERY_OK; }));
+  // RECONNECTED means the server stored the subscriptions: no polling needed here.
+  ASSERT_EQ(a2->publish("fin-1", "cmd-2"), FG_OK);
+  auto in2 = b.host.next();
+  ASSERT_TRUE(in2);
+  EXPECT_EQ(in2->payload, "cmd-2");
+  EXPECT_EQ(in2->sub_id, 7u);
+  ASSERT_EQ(a2->publish("soarca", "bcast-2"), FG_OK);
+  auto in3 = b.host.next();
+  ASSERT_TRUE(in3);
+  EXPECT_EQ(in3->payload, "bcast-2");
+  EXPECT_EQ(in3->sub_id, 8u);
+
+  // Unsubscribe: after it, A2's "soarca" no longer reaches B (fin-1 still does).
+  ASSERT_EQ(b.inst->unsubscribe(8), FG_OK);
+  bool stopped = false;
+  for (int i = 0; i < 100 && !stopped; ++i) {
+    ASSERT_EQ(a2->publish("soarca", "after-unsub"), FG_OK);
+    ASSERT_EQ(a2->publish("fin-1", "marker"), FG_OK);
+    auto x = b.host.next();
+    ASSERT_TRUE(x);
+    if (x->payload == "marker") stopped = true;
+    else b.host.next();  // the marker behind it
+  }
+  EXPECT_TRUE(stopped);
+}
+
+TEST(TcpConnect, QueueIsBoundedWhileDisconnected) {
+  const int port = freePort();
+  Node b({{"connect", "127.0.0.1:" + std::to_string(port)}, {"max_outbound_bytes", "4096"}});
+  ASSERT_EQ(b.inst->start(), FG_OK);
+  ASSERT_TRUE(b.host.waitState(FG_STATE_DOWN));
+  const std::string chunk(1000, 'q');
+  int ok = 0;
+  fg_status st = FG_OK;
+  for (int i = 0; i < 100 && st == FG_OK; ++i) {
+    st = b.publish("t", chunk, 0, 500 + i);
+    if (st == FG_OK) ++ok;
+  }
+  EXPECT_EQ(st, FG_RETRY);
+  EXPECT_GE(ok, 1);
+  EXPECT_LE(ok, 5);
+  // Stopping fails what never left, explicitly.
+  EXPECT_EQ(b.inst->stop(500), FG_OK);
+  EXPECT_EQ(b.delivery(500), FG_DELIVERY_FAILED);
+}
+
+// ---- TLS ---------------------------------------------------------------------------------
+
+struct Cert {
+  std::string cert, key;
+};
+
+Cert makeCert(const std::string& dir, const std::string& name, const std::string& cn) {
+  Cert c{dir + "/" + name + ".pem", dir + "/" + name + "-key.pem"};
+  const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=" +
+                          cn + " -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " + c.key + " -out " +
+                          c.cert + " > " + dir + "/" + name + ".log 2>&1";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd << "\n" << readFile(dir + "/" + name + ".log");
+  return c;
+}
+
+TEST(TcpTls, ListenAndConnect) {
+  const std::string dir = tempDir("tcp-tls");
+  const Cert server = makeCert(dir, "server", "localhost");
+  auto a = startListener({{"tls.enabled", "true"}, {"tls.cert_file", server.cert}, {"tls.key_file", server.key}});
+  EXPECT_NE(a->host.stateDetail(FG_STATE_UP).find("(TLS)"), std::string::npos);
+  Node b({{"connect", "127.0.0.1:" + std::to_string(a->port)},
+          {"tls.enabled", "true"},
+          {"tls.ca_file", server.cert},
+          {"tls.verify", "true"}});
+  ASSERT_EQ(b.inst->subscribe("fin-tls", 3), FG_OK);
+  ASSERT_EQ(b.inst->start(), FG_OK);
+  ASSERT_TRUE(b.host.waitState(FG_STATE_UP));
+  ASSERT_EQ(b.publish("soarca", "over-tls", 0, 9), FG_OK);
+  auto m = a->host.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->payload, "over-tls");
+  EXPECT_NE(m->session, 0u);
+  EXPECT_TRUE(waitFor([&] { return b.delivery(9) == FG_DELIVERY_OK; }));
+  ASSERT_EQ(a->publish("fin-tls", "back-over-tls"), FG_OK);
+  auto in = b.host.next();
+  ASSERT_TRUE(in);
+  EXPECT_EQ(in->payload, "back-over-tls");
+  EXPECT_EQ(in->sub_id, 3u);
+
+  // A plain-TCP client on the TLS port gets no session: the handshake fails, it is closed.
+  const size_t sessions_before = a->host.sessions().size();
+  FrameClient plain(a->port);
+  ASSERT_TRUE(plain.connected());
+  plain.send(FrameClient::Ping, "", "x");
+  EXPECT_TRUE(plain.waitClosed());
+  EXPECT_EQ(a->host.sessions().size(), sessions_before);
+
+  // A client that verifies against another CA refuses the server.
+  const Cert other = makeCert(dir, "other", "localhost");
+  Node c({{"connect", "127.0.0.1:" + std::to_string(a->port)}, {"tls.enabled", "true"}, {"tls.ca_file", other.cert}});
+  ASSERT_EQ(c.inst->start(), FG_OK);
+  ASSERT_TRUE(c.host.waitState(FG_STATE_DOWN));
+  EXPECT_NE(c.host.stateDetail(FG_STATE_DOWN).find("certificate verify failed"), std::string::npos)
+      << c.host.stateDetail(FG_STATE_DOWN);
+  EXPECT_FALSE(c.host.waitState(FG_STATE_UP, 300ms));
+}
+
+TEST(TcpTls, MutualTlsRequiresClientCertificate) {
+  const std::string dir = tempDir("tcp-mtls");
+  const Cert server = makeCert(dir, "server", "localhost");
+  const Cert client = makeCert(dir, "client", "fin-client");
+  auto a = startListener({{"tls.enabled", "true"},
+                          {"tls.cert_file", server.cert},
+                          {"tls.key_file", server.key},
+                          {"tls.ca_file", client.cert},
+                          {"tls.verify", "true"}});
+  const std::string addr = "127.0.0.1:" + std::to_string(a->port);
+  Node anon({{"connect", addr}, {"tls.enabled", "true"}, {"tls.ca_file", server.cert}});
+  ASSERT_EQ(anon.inst->start(), FG_OK);
+  ASSERT_TRUE(anon.host.waitState(FG_STATE_DOWN));
+  EXPECT_FALSE(anon.host.waitState(FG_STATE_UP, 300ms));
+
+  Node authed({{"connect", addr},
+               {"tls.enabled", "true"},
+               {"tls.ca_file", server.cert},
+               {"tls.cert_file", client.cert},
+               {"tls.key_file", client.key}});
+  ASSERT_EQ(authed.inst->start(), FG_OK);
+  ASSERT_TRUE(authed.host.waitState(FG_STATE_UP));
+  ASSERT_EQ(authed.publish("soarca", "mutual"), FG_OK);
+  auto m = a->host.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->payload, "mutual");
+}
+
+// ---- lifecycle and configuration ---------------------------------------------------------
+
+TEST(TcpLifecycle, StopTwiceStartTwiceDestroyWithoutStop) {
+  {
+    Node n(Cfg{{"listen", "127.0.0.1:0"}});
+    EXPECT_EQ(n.inst->stop(100), FG_OK);  // never started
+    ASSERT_EQ(n.inst->start(), FG_OK);
+    EXPECT_EQ(n.inst->start(), FG_ERR_STATE);
+    ASSERT_TRUE(n.host.waitState(FG_STATE_UP));
+    FrameClient c(portFromLine(n.host.stateDetail(FG_STATE_UP)));
+    ASSERT_TRUE(c.barrier());
+    EXPECT_EQ(n.inst->stop(1000), FG_OK);
+    EXPECT_TRUE(n.host.waitState(FG_STATE_STOPPED, 0ms));
+    EXPECT_EQ(n.inst->stop(1000), FG_OK);
+    EXPECT_TRUE(c.waitClosed());
+    EXPECT_EQ(n.publish("t", "after-stop"), FG_ERR_STATE);
+    EXPECT_EQ(n.inst->start(), FG_ERR_STATE);
+    auto s = n.host.sessions();
+    ASSERT_EQ(s.size(), 2u);
+    EXPECT_EQ(s[1].second, FG_SESSION_CLOSED);  // reported before stop returned
+  }
+  {
+    // Destroyed while running, with a client attached and a publish in flight.
+    Node n(Cfg{{"listen", "127.0.0.1:0"}});
+    ASSERT_EQ(n.inst->start(), FG_OK);
+    FrameClient c(portFromLine(n.host.stateDetail(FG_STATE_UP)));
+    ASSERT_TRUE(c.subscribe("x"));
+    ASSERT_TRUE(c.barrier());
+    EXPECT_EQ(n.publish("x", "bye", 0, 77), FG_OK);
+    n.inst.reset();
+    EXPECT_TRUE(n.delivery(77).has_value());  // settled one way or the other, before destroy returned
+  }
+  {
+    // A connect-mode instance that never reached its server.
+    Node n({{"connect", "127.0.0.1:" + std::to_string(freePort())}});
+    ASSERT_EQ(n.inst->start(), FG_OK);
+    EXPECT_TRUE(n.host.waitState(FG_STATE_DOWN));
+    n.inst.reset();
+    EXPECT_TRUE(n.host.waitState(FG_STATE_STOPPED, 0ms));
+  }
+}
+
+TEST(TcpConfig, RejectsBadConfiguration) {
+  RecordingHost host;
+  auto expectError = [&](const Cfg& cfg, const std::string& prefix) {
+    try {
+      PluginInstance inst(tcpLib(), host, cfg);
+      ADD_FAILURE() << "accepted, expected an error starting with " << prefix;
+    } catch (const PluginError& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(prefix, 0), 0u) << e.what();
+    }
+  };
+  expectError({}, "listen: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"connect", "127.0.0.1:1"}}, "connect: ");
+  expectError({{"listen", "no-port"}}, "listen: ");
+  expectError({{"listen", "127.0.0.1:99999"}}, "listen: ");
+  expectError({{"connect", "127.0.0.1:0"}}, "connect: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"max_frame_bytes", "big"}}, "max_frame_bytes: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"tls.enabled", "true"}}, "tls.cert_file: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"tls.enabled", "maybe"}}, "tls.enabled: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"bogus", "1"}}, "bogus: ");
+  // create() opens nothing: a valid config on a busy port only fails at start().
+  PluginInstance ok(tcpLib(), host, {{"listen", "[::1]:0"}});
+}
+
+TEST(TcpConfig, MissingCertificateFailsStart) {
+  Node n({{"listen", "127.0.0.1:0"},
+          {"tls.enabled", "true"},
+          {"tls.cert_file", "/nonexistent/cert.pem"},
+          {"tls.key_file", "/nonexistent/key.pem"}});
+  EXPECT_NE(n.inst->start(), FG_OK);
+  EXPECT_TRUE(n.hasLog("tls.cert_file"));
+}
+
+}  // namespace
+}  // namespace fingate::test
