@@ -50,6 +50,7 @@ struct EndpointConfig {
   std::string plugin;  // `plugin:`
   Role role = Role::Bridge;
   bool required = true;          // `required:` (default true): /readyz waits for it
+  std::string compat;            // `compat:` "python-fin" repairs commands for the Python fin library; "" = none
   std::vector<KeyValue> options; // every other key, in file order
   Mark mark;                     // where the endpoint's name is written
   Mark plugin_mark;
@@ -78,6 +79,7 @@ struct Config {
   uint32_t dead_letter_capacity = 1000;  // kept for /v1/dead-letters
   uint32_t drain_timeout_ms = 5000;      // SIGINT/SIGTERM: bounded wait for in-flight messages
   uint32_t subscribe_timeout_ms = 5000;  // bounded wait for a broker's subscribe confirmation
+  uint32_t register_replay_s = 300;      // re-send stored registers to orchestrators this often; 0 = off
   std::vector<EndpointConfig> endpoints; // in file order
   std::vector<RouteConfig> routes;
 };

@@ -53,9 +53,24 @@ struct ParseResult {
 ParseResult parse(const char* data, size_t len, size_t capacity) noexcept;
 inline ParseResult parse(std::string_view s) noexcept { return parse(s.data(), s.size(), s.size()); }
 
+// How much of a message parse() validates beyond its routing fields (bench/RESULTS.md has the cost).
+enum class Validation {
+  // Default. register (rare, changes the gateway's bindings): every byte validated as JSON and
+  // every field SOARCA's Go structs / the Python models type-check. Other types: their routing
+  // fields and the typed fields Go/Python require at the top (command/result objects, their
+  // context/authentication/variables objects, meta object); the rest is checked structurally
+  // only: UTF-8, closed strings, no raw control characters, brackets balanced, nothing truncated
+  // or trailing. Token errors inside unread values (`01`, `tru`, `"\x"`, `[1}`) pass; the
+  // receiver's decoder rejects them exactly as it would without the gateway.
+  Routing,
+  // Every message walked and validated completely, like register.
+  Full,
+};
+
 // Same as parse(), but fills `out`, reusing its strings' storage: no allocation per message once
 // `out` has seen ids of that length (use one ParseResult per thread on hot paths).
-void parseInto(ParseResult& out, const char* data, size_t len, size_t capacity) noexcept;
+void parseInto(ParseResult& out, const char* data, size_t len, size_t capacity,
+               Validation validation = Validation::Routing) noexcept;
 
 // Id checks before an id becomes a topic: empty, "soarca", '+', '#', NUL or control
 // characters, or over 1024 bytes are refused. Returns an empty string when valid, else why.

@@ -5,8 +5,10 @@
 #include <fingate/registry.hpp>
 #include <fingate/router.hpp>
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -70,6 +72,12 @@ class Gateway {
   std::vector<std::shared_ptr<Endpoint>> endpoints_;
   std::unique_ptr<AdminServer> admin_;
   bool started_ = false;
+  // Register replay timer (register_replay_s).
+  void replayLoop();
+  std::thread replay_thread_;
+  std::mutex replay_mu_;
+  std::condition_variable replay_cv_;
+  bool replay_stop_ = false;
 };
 
 }  // namespace fingate

@@ -44,6 +44,7 @@ struct RouterEndpoint {
   RouterOutput* out = nullptr;
   bool sessions = false;              // a session transport (server side): no echoes, no broker subscriptions
   std::atomic<bool> no_local{false};  // the transport never hands back what the gateway published
+  bool compat_python_fin = false;     // repair commands for the Python fin library (fins endpoints)
 };
 
 struct RouteRule {
@@ -106,6 +107,11 @@ struct RouterCounters {
   std::atomic<uint64_t> registers{0};
   std::atomic<uint64_t> nacks_sent{0};
   std::atomic<uint64_t> subscribe_timeouts{0};
+  std::atomic<uint64_t> compat_auth_removed{0};         // empty authentication objects removed
+  std::atomic<uint64_t> compat_variables_completed{0};  // variables given the fields Go omits
+  std::atomic<uint64_t> compat_nacks_to_acks{0};        // "already registered" nacks turned into acks
+  std::atomic<uint64_t> registers_replayed{0};
+  std::atomic<uint64_t> replay_replies_swallowed{0};
 };
 
 class Router {
@@ -123,6 +129,11 @@ class Router {
 
   // Routes one inbound message from endpoint `src`. Never throws.
   void route(const std::string& src, Envelope&& m);
+
+  // Re-sends the stored register of every bound fin to orchestrator endpoint `orchestrator`
+  // (all orchestrator endpoints when empty) and swallows the replies to those replays.
+  // Called from that endpoint's lane when it (re)connects, and on the replay interval.
+  void replayRegisters(const std::string& orchestrator);
 
   // A client session of `endpoint` closed: its bindings go.
   void sessionClosed(const std::string& endpoint, uint64_t session);
@@ -181,6 +192,11 @@ class Router {
   mutable std::mutex subs_mu_;
   std::map<std::pair<std::string, std::string>, Sub> subs_;  // (endpoint, filter) -> sub
   std::atomic<uint64_t> next_sub_id_{1};
+
+  // Register message ids the gateway replayed: SOARCA's answers to them are not forwarded.
+  std::mutex replay_mu_;
+  std::map<std::string, int64_t> replayed_;  // message_id -> expiry (steady ms)
+  bool takeReplayed(const std::string& message_id);
 };
 
 // "{topic}" in tmpl replaced by topic.

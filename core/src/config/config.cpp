@@ -147,6 +147,8 @@ class Parser {
         cfg.drain_timeout_ms = integer(e, k, 0, 3600000);
       } else if (k == "subscribe_timeout_ms") {
         cfg.subscribe_timeout_ms = integer(e, k, 1, 600000);
+      } else if (k == "register_replay") {
+        cfg.register_replay_s = duration(e, k);
       } else if (k == "endpoints") {
         have_endpoints = true;
         parseEndpoints(e, cfg.endpoints);
@@ -155,7 +157,8 @@ class Parser {
       } else {
         fail(e.key_mark, "unknown key '" + k +
                              "' (expected plugins_dir, state_dir, log_level, admin, queue_capacity, "
-                             "dead_letter_capacity, drain_timeout_ms, subscribe_timeout_ms, endpoints, routes)");
+                             "dead_letter_capacity, drain_timeout_ms, subscribe_timeout_ms, register_replay, endpoints, "
+                             "routes)");
       }
     }
     if (!have_endpoints)
@@ -267,6 +270,24 @@ class Parser {
     return static_cast<uint32_t>(n);
   }
 
+  // Seconds: a whole number, or a number with a unit: 90s, 5m, 1h. 0 = off.
+  uint32_t duration(const Entry& e, const std::string& path) const {
+    std::string what = "a duration in seconds, or with a unit (e.g. 300, 90s, 5m, 1h; 0 = off)";
+    std::string v = scalar(e, path, what);
+    uint64_t mult = 1;
+    std::string num = v;
+    if (!v.empty() && (v.back() == 's' || v.back() == 'm' || v.back() == 'h')) {
+      mult = v.back() == 'm' ? 60 : v.back() == 'h' ? 3600 : 1;
+      num = v.substr(0, v.size() - 1);
+    }
+    bool digits = !num.empty() && num.size() <= 9;
+    for (char c : num) digits = digits && c >= '0' && c <= '9';
+    if (!digits) fail(e.value.Mark(), path + ": expected " + what + ", got '" + v + "'");
+    uint64_t n = std::stoull(num) * mult;
+    if (n > 7 * 24 * 3600) fail(e.value.Mark(), path + ": at most 7 days, got '" + v + "'");
+    return static_cast<uint32_t>(n);
+  }
+
   bool boolean(const Entry& e, const std::string& path) const {
     std::string v = scalar(e, path, "true or false");
     for (const char* t : {"true", "True", "TRUE", "yes", "on"})
@@ -321,6 +342,7 @@ class Parser {
     cfg.mark = toMark(ep.key_mark);
     requireMap(ep, path, " with at least plugin and role");
     bool have_plugin = false, have_role = false;
+    YAML::Mark compat_mark;
     std::map<std::string, YAML::Mark> flat_seen;  // flattened option keys, for tls.x vs tls: {x}
     for (const Entry& kv : entries(ep.value, path)) {
       const std::string kpath = path + "." + kv.key;
@@ -337,6 +359,10 @@ class Parser {
         have_role = true;
       } else if (kv.key == "required") {
         cfg.required = boolean(kv, kpath);
+      } else if (kv.key == "compat") {
+        std::string c = oneOf(kv, kpath, {"none", "python-fin"});
+        cfg.compat = c == "none" ? "" : c;
+        compat_mark = kv.key_mark;
       } else {
         option(kv, kv.key, kpath, cfg, flat_seen);
       }
@@ -344,6 +370,8 @@ class Parser {
     if (!have_plugin)
       fail(ep.key_mark, path + ": missing required key 'plugin' (tcp, mqtt, zmq, kafka, http, ...)");
     if (!have_role) fail(ep.key_mark, path + ": missing required key 'role' (orchestrator, fins or bridge)");
+    if (!cfg.compat.empty() && cfg.role != Role::Fins)
+      fail(compat_mark, path + ".compat: applies to fins endpoints only (this one is " + toString(cfg.role) + ")");
     return cfg;
   }
 

@@ -44,6 +44,10 @@
 #include <memory>
 #include <new>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace fingate::fin {
 
 namespace {
@@ -219,7 +223,7 @@ void resetRouting(Routing& m) {
   m.message_id.clear();
   m.message_id_readable = false;
   m.fin_id.clear();
-  m.capability_ids.clear();
+  // capability_ids keeps its strings for reuse; parseImpl trims it to Ctx::n_caps.
   m.capability_id.clear();
   m.all = false;
 }
@@ -232,10 +236,14 @@ struct Ctx {
   MsgType type = MsgType::Unknown;
   bool failed = false;  // a semantic (type/required) error was recorded
   bool dead = false;    // a JSON syntax error: the iterator cannot be used any more
+  bool full = false;    // Validation::Full
+  bool deep = true;     // walk and validate every value (else: on-demand skips what is not needed)
+  size_t n_caps = 0;    // capability ids in effect (res.msg.capability_ids is trimmed to it at the end)
 
   void reset() {
     type = MsgType::Unknown;
     failed = dead = false;
+    n_caps = 0;
     res.error.clear();
     resetRouting(res.msg);
   }
@@ -282,8 +290,24 @@ bool skipValue(Ctx& c, od::value& v, const Path* p, int depth);
 
 // A field's key. Keys without a backslash are used in place (stage 1 guarantees the closing
 // quote); only escaped keys are unescaped (into the parser's string buffer).
+// Reading 16 bytes at a time past the closing quote is safe: the buffer has kPadding (>= 16)
+// readable bytes after the end of the JSON text, and the quote lies inside the text.
 inline bool fieldKey(Ctx& c, od::field& f, const Path* p, std::string_view& key) {
   const char* k = f.key().raw();
+#if defined(__SSE2__)
+  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+  for (size_t i = 0;; i += 16) {
+    __m128i chunk = _mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i));
+    unsigned q = unsigned(_mm_movemask_epi8(_mm_cmpeq_epi8(chunk, quote)));
+    unsigned b = unsigned(_mm_movemask_epi8(_mm_cmpeq_epi8(chunk, backslash)));
+    if ((q | b) != 0) {
+      unsigned first = unsigned(__builtin_ctz(q | b));
+      if ((b >> first) & 1u) break;  // an escape comes first: unescape below
+      key = std::string_view(k, i + first);
+      return true;
+    }
+  }
+#else
   for (size_t i = 0;; ++i) {
     if (k[i] == '"') {
       key = std::string_view(k, i);
@@ -291,8 +315,28 @@ inline bool fieldKey(Ctx& c, od::field& f, const Path* p, std::string_view& key)
     }
     if (k[i] == '\\') break;
   }
+#endif
   if (auto e = f.unescaped_key().get(key)) return c.syntax(e, p);
   return true;
+}
+
+// Whether s contains a backslash. Reads up to 15 bytes past its end (in the padding; s lies in
+// the JSON text).
+inline bool hasBackslash(std::string_view s) {
+#if defined(__SSE2__)
+  const __m128i backslash = _mm_set1_epi8('\\');
+  size_t i = 0;
+  for (; i + 16 <= s.size(); i += 16) {
+    __m128i chunk = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s.data() + i));
+    if (_mm_movemask_epi8(_mm_cmpeq_epi8(chunk, backslash)) != 0) return true;
+  }
+  if (i == s.size()) return false;
+  __m128i chunk = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s.data() + i));
+  unsigned mask = unsigned(_mm_movemask_epi8(_mm_cmpeq_epi8(chunk, backslash)));
+  return (mask & ((1u << (s.size() - i)) - 1u)) != 0;
+#else
+  return std::memchr(s.data(), '\\', s.size()) != nullptr;
+#endif
 }
 
 // The contents of a string value: in place when it has no escapes, else unescaped (which also
@@ -304,7 +348,7 @@ inline bool stringValue(Ctx& c, od::value& v, const Path* p, std::string_view& o
   while (end > 1 && tok[end - 1] != '"') --end;
   if (end < 2) return c.syntax(simdjson::STRING_ERROR, p);
   std::string_view body = tok.substr(1, end - 2);
-  if (std::memchr(body.data(), '\\', body.size()) == nullptr) {
+  if (!hasBackslash(body)) {
     out = body;
     return true;
   }
@@ -319,8 +363,8 @@ bool forEachField(Ctx& c, od::value& v, const Path* p, int depth, OnField&& on) 
   od::object o;
   if (auto e = v.get_object().get(o)) return c.syntax(e, p);
   for (auto fr : o) {
-    od::field f;
-    if (auto e = std::move(fr).get(f)) return c.syntax(e, p);
+    if (auto e = fr.error()) return c.syntax(e, p);
+    od::field& f = fr.value_unsafe();  // no copy of the field (a copy costs a store-forwarding stall)
     std::string_view key;
     if (!fieldKey(c, f, p, key)) return false;
     Path fp{p, key};
@@ -336,8 +380,8 @@ bool forEachElement(Ctx& c, od::value& v, const Path* p, int depth, OnElement&& 
   if (auto e = v.get_array().get(a)) return c.syntax(e, p);
   long i = 0;
   for (auto er : a) {
-    od::value ev;
-    if (auto e = std::move(er).get(ev)) return c.syntax(e, p);
+    if (auto e = er.error()) return c.syntax(e, p);
+    od::value& ev = er.value_unsafe();
     Path ep{p, {}, i++};
     if (!on(ev, &ep)) return false;
   }
@@ -349,6 +393,7 @@ inline std::string_view tokenOf(od::value& v) { return trimTrailingWs(v.raw_json
 
 // Validates any JSON value without converting it (see the header comment).
 bool skipValue(Ctx& c, od::value& v, const Path* p, int depth) {
+  if (!c.deep) return true;  // left to on-demand's skip (see the header comment)
   od::json_type t;
   if (auto e = v.type().get(t)) return c.syntax(e, p);
   switch (t) {
@@ -472,8 +517,18 @@ bool vMapOfObjects(Ctx& c, od::value& v, const Path* p, int depth, OnEntryField&
   });
 }
 
+// Shallow check (not deep): object or null, contents left to on-demand's skip.
+bool vObjectShallow(Ctx& c, od::value& v, const Path* p) {
+  od::json_type t;
+  Got g = peekType(c, v, p, t);
+  if (g != Got::Value) return g != Got::Dead;
+  if (t != od::json_type::object) c.fail(p, "expected an object");
+  return true;
+}
+
 // meta{timestamp, sender_id}
 bool vMeta(Ctx& c, od::value& v, const Path* p) {
+  if (!c.deep) return vObjectShallow(c, v, p);
   return vObject(c, v, p, 0, [&](std::string_view k, od::value& fv, const Path* fp) {
     if (keyIs(k, "timestamp")) return vTime(c, fv, fp);
     if (keyIs(k, "sender_id")) return vString(c, fv, fp);
@@ -483,6 +538,7 @@ bool vMeta(Ctx& c, od::value& v, const Path* p) {
 
 // CACAO context as SOARCA sends it (Go struct): times, ints, ids.
 bool vContext(Ctx& c, od::value& v, const Path* p, int depth) {
+  if (!c.deep) return vObjectShallow(c, v, p);
   return vObject(c, v, p, depth, [&](std::string_view k, od::value& fv, const Path* fp) {
     if (keyIs(k, "completed_on") || keyIs(k, "generated_on")) return vTime(c, fv, fp);
     if (keyIs(k, "timeout") || keyIs(k, "delay")) return vInt(c, fv, fp);
@@ -493,6 +549,7 @@ bool vContext(Ctx& c, od::value& v, const Path* p, int depth) {
 
 // cacao.Variables: map of {type,name,description,value: string; constant,external: bool}.
 bool vVariables(Ctx& c, od::value& v, const Path* p, int depth) {
+  if (!c.deep) return vObjectShallow(c, v, p);
   return vMapOfObjects(c, v, p, depth, [&](std::string_view k, od::value& fv, const Path* fp) {
     if (keyIs(k, "type") || keyIs(k, "name") || keyIs(k, "description") || keyIs(k, "value"))
       return vString(c, fv, fp);
@@ -503,6 +560,7 @@ bool vVariables(Ctx& c, od::value& v, const Path* p, int depth) {
 
 // cacao.AuthenticationInformation: strings plus the kms bool.
 bool vAuthentication(Ctx& c, od::value& v, const Path* p, int depth) {
+  if (!c.deep) return vObjectShallow(c, v, p);
   return vObject(c, v, p, depth, [&](std::string_view k, od::value& fv, const Path* fp) {
     if (keyIs(k, "kms")) return vBool(c, fv, fp);
     if (keyIs(k, "id") || keyIs(k, "type") || keyIs(k, "name") || keyIs(k, "description") ||
@@ -550,7 +608,7 @@ bool vCapabilities(Ctx& c, od::value& v, const Path* p, bool& present) {
   }
   present = true;
   auto& ids = c.res.msg.capability_ids;
-  ids.clear();  // Go resets a slice it decodes into (last duplicate wins)
+  c.n_caps = 0;  // Go resets a slice it decodes into (last duplicate wins)
   return forEachElement(c, v, p, 1, [&](od::value& ev, const Path* ep) {
     od::json_type et;
     if (auto e = ev.type().get(et)) return c.syntax(e, ep);
@@ -559,8 +617,10 @@ bool vCapabilities(Ctx& c, od::value& v, const Path* p, bool& present) {
       return skipValue(c, ev, ep, 1);
     }
     bool have_id = false;
-    size_t slot = ids.size();
-    ids.emplace_back();
+    // Reuse the strings of an earlier parse (parseInto): no allocation per message.
+    size_t slot = c.n_caps++;
+    if (slot < ids.size()) ids[slot].clear();
+    else ids.emplace_back();
     bool ok = forEachField(c, ev, ep, 2, [&](std::string_view k, od::value& fv, const Path* fp) {
       if (keyIs(k, "capability_id")) {
         std::string_view id;
@@ -601,6 +661,7 @@ bool vCapabilities(Ctx& c, od::value& v, const Path* p, bool& present) {
 
 // ---------------------------------------------------------------------------------------------
 // Top level
+
 
 enum class Mode {
   FirstKeyType,  // fast path: `type` is the first key (Go and Python both write it first)
@@ -755,8 +816,8 @@ PassResult runPass(Ctx& c, od::document& doc, Mode mode, Seen& seen) {
   }
   bool first = true;
   for (auto fr : root) {
-    od::field f;
-    if (auto e = std::move(fr).get(f)) return c.syntax(e, nullptr), PassResult::Done;
+    if (auto e = fr.error()) return c.syntax(e, nullptr), PassResult::Done;
+    od::field& f = fr.value_unsafe();
     std::string_view key;
     if (!fieldKey(c, f, nullptr, key)) return PassResult::Done;
     od::value& v = f.value();
@@ -782,6 +843,7 @@ PassResult runPass(Ctx& c, od::document& doc, Mode mode, Seen& seen) {
         if (mode == Mode::FirstKeyType) {
           if (first) {
             c.type = mt;
+            c.deep = c.full || mt == MsgType::Register;
           } else if (mt != c.type) {
             return PassResult::Restart;  // a later duplicate wins in Go: validate against it
           }
@@ -871,12 +933,13 @@ struct PaddedCopy {
 thread_local od::parser tl_parser;
 thread_local PaddedCopy tl_copy;
 
-void parseImpl(ParseResult& out, const char* data, size_t len, size_t capacity) {
+void parseImpl(ParseResult& out, const char* data, size_t len, size_t capacity, Validation validation) {
   out.ok = false;
   out.error.clear();
   resetRouting(out.msg);
 
   if (data == nullptr && len != 0) {
+    out.msg.capability_ids.clear();
     out.error = "invalid JSON: no data";
     return;
   }
@@ -887,8 +950,10 @@ void parseImpl(ParseResult& out, const char* data, size_t len, size_t capacity) 
   }
 
   Ctx c{out};
+  c.full = validation == Validation::Full;
   od::document doc;
   if (auto e = tl_parser.iterate(buf, len, len + simdjson::SIMDJSON_PADDING).get(doc)) {
+    out.msg.capability_ids.clear();
     c.syntax(e, nullptr);
     return;
   }
@@ -905,6 +970,7 @@ void parseImpl(ParseResult& out, const char* data, size_t len, size_t capacity) 
       bool type_seen = seen.type, type_bad = seen.type_bad;
       c.reset();
       c.type = t;
+      c.deep = c.full || t == MsgType::Register;
       seen = Seen{};
       seen.type = type_seen;
       seen.type_bad = type_bad;
@@ -915,10 +981,8 @@ void parseImpl(ParseResult& out, const char* data, size_t len, size_t capacity) 
   out.msg.type = c.type;
   if (!c.dead) finalChecks(c, seen);
   out.ok = !c.failed && !c.dead;
-  if (c.dead) {
-    // The iterator stopped early: only what was read before the error is reported.
-    out.msg.capability_ids.clear();
-  }
+  // After a JSON syntax error the capability list is not trustworthy: report none.
+  out.msg.capability_ids.resize(c.dead ? 0 : c.n_caps);
 }
 
 // JSON escaping (Go's encoding/json rules, with every control character as \u00XX).
@@ -972,9 +1036,9 @@ std::string_view toString(MsgType t) noexcept {
   return "unknown";
 }
 
-void parseInto(ParseResult& out, const char* data, size_t len, size_t capacity) noexcept {
+void parseInto(ParseResult& out, const char* data, size_t len, size_t capacity, Validation validation) noexcept {
   try {
-    parseImpl(out, data, len, capacity);
+    parseImpl(out, data, len, capacity, validation);
   } catch (const std::bad_alloc&) {
     out.ok = false;
     out.error = "out of memory";

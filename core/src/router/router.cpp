@@ -1,4 +1,5 @@
 #include <fingate/fin_codec.hpp>
+#include <fingate/fin_compat.hpp>
 #include <fingate/router.hpp>
 #include <fingate/topic.hpp>
 #include <spdlog/spdlog.h>
@@ -401,9 +402,15 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
   b.registered_at = nowMs() / 1000;
   b.register_message_id = r.message_id;
   b.register_payload = m.payload;
-  if (auto prev = registry_.lookup(r.fin_id); prev && prev->register_message_id == r.message_id && prev->acked &&
-                                              prev->endpoint == b.endpoint)
-    b.acked = true;  // the same register re-sent: keep the ack it already has
+  if (auto prev = registry_.lookup(r.fin_id); prev && prev->acked && prev->endpoint == b.endpoint) {
+    // The same fin and capability ids as a binding SOARCA already acked (a restarted fin, or
+    // the same register re-sent): keep the ack. SOARCA will answer "already registered" with
+    // a nack, which the gateway then turns into an ack for the fin.
+    auto a = prev->capabilities, c = b.capabilities;
+    std::sort(a.begin(), a.end());
+    std::sort(c.begin(), c.end());
+    if (a == c) b.acked = true;
+  }
   std::string conflict = registry_.ownerConflict(b);
   if (!conflict.empty()) {
     reject(src, m, "capability_conflict", "'" + conflict + "' is bound to another live fin session", &r, r.fin_id);
@@ -481,18 +488,80 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
     if (!any) deadLetter(src.name, m, "no_fins", "no fins endpoint is configured");
     return Outcome::Done;
   }
-  // To the fin that owns the topic, on its own session.
   uint64_t session = owner->restored ? 0 : owner->session;
-  sendTo(eps, owner->endpoint, copyOut(m, m.topic, session), src.name);
-  // SOARCA's answer to a register commits or undoes the provisional binding.
-  if (m.topic == owner->fin_id && r.message_id == owner->register_message_id) {
+  bool register_answer = m.topic == owner->fin_id && (r.type == fin::MsgType::Ack || r.type == fin::MsgType::Nack);
+  if (register_answer && takeReplayed(r.message_id)) {
+    // SOARCA's answer to a register the gateway replayed: the fin never asked, so it never hears it.
+    counters_.replay_replies_swallowed++;
+    if (r.type == fin::MsgType::Ack) registry_.commit(owner->fin_id, r.message_id);
+    return Outcome::Done;
+  }
+  if (register_answer && r.message_id == owner->register_message_id) {
+    // SOARCA's answer to the fin's register commits or undoes the provisional binding.
     if (r.type == fin::MsgType::Ack) {
       registry_.commit(owner->fin_id, r.message_id);
-    } else if (r.type == fin::MsgType::Nack) {
+    } else if (owner->acked) {
+      // "Already registered": SOARCA acked these very ids before. The Python fin crashes on
+      // this nack, and the fin is in fact registered: tell it so.
+      counters_.compat_nacks_to_acks++;
+      OutMessage o = copyOut(m, m.topic, session);
+      o.payload = fin::makeAck(r.message_id);
+      sendTo(eps, owner->endpoint, std::move(o), src.name);
+      return Outcome::Done;
+    } else {
+      sendTo(eps, owner->endpoint, copyOut(m, m.topic, session), src.name);
       if (auto undone = registry_.undo(owner->fin_id, r.message_id)) unsubscribeBindings({*undone});
+      return Outcome::Done;
     }
   }
+  // To the fin that owns the topic, on its own session.
+  OutMessage out = copyOut(m, m.topic, session);
+  if (r.type == fin::MsgType::Command) {
+    auto dst = find(eps, owner->endpoint);
+    fin::RepairStats st;
+    std::string repaired;
+    if (dst && dst->compat_python_fin && fin::repairCommandForPythonFin(m.payload, repaired, st)) {
+      out.payload = std::move(repaired);
+      counters_.compat_auth_removed += static_cast<uint64_t>(st.auth_removed);
+      counters_.compat_variables_completed += static_cast<uint64_t>(st.variables_completed);
+    }
+  }
+  sendTo(eps, owner->endpoint, std::move(out), src.name);
   return Outcome::Done;
+}
+
+bool Router::takeReplayed(const std::string& message_id) {
+  std::lock_guard lk(replay_mu_);
+  int64_t now = steadyMs();
+  for (auto it = replayed_.begin(); it != replayed_.end();) {
+    if (it->second < now) it = replayed_.erase(it);
+    else ++it;
+  }
+  return replayed_.erase(message_id) != 0;
+}
+
+void Router::replayRegisters(const std::string& orchestrator) {
+  auto eps = endpoints();
+  auto bindings = registry_.snapshot();
+  if (bindings.empty()) return;
+  size_t n = 0;
+  for (auto& b : bindings) {
+    if (b.register_payload.empty() || b.register_message_id.empty()) continue;
+    for (auto& e : *eps) {
+      if (e->role != Role::Orchestrator || (!orchestrator.empty() && e->name != orchestrator)) continue;
+      {
+        std::lock_guard lk(replay_mu_);
+        replayed_[b.register_message_id] = steadyMs() + 60000;
+      }
+      OutMessage o;
+      o.topic = kSoarca;
+      o.payload = b.register_payload;
+      send(*e, std::move(o), e->name);
+      counters_.registers_replayed++;
+      ++n;
+    }
+  }
+  if (n) spdlog::info("replayed {} stored register(s) to {}", n, orchestrator.empty() ? "the orchestrators" : orchestrator);
 }
 
 void Router::sessionClosed(const std::string& endpoint, uint64_t session) {

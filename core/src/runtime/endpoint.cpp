@@ -34,6 +34,7 @@ Endpoint::Endpoint(const EndpointConfig& cfg, std::shared_ptr<PluginLibrary> lib
   rep_->out = this;
   rep_->sessions = (lib->capabilities() & FG_CAP_SESSIONS) != 0;
   rep_->no_local = (lib->capabilities() & FG_CAP_NO_LOCAL) != 0;
+  rep_->compat_python_fin = cfg.compat == "python-fin";
   std::vector<std::pair<std::string, std::string>> kv;
   for (auto& o : cfg.options) kv.emplace_back(o.key, o.value);
   instance_ = std::make_unique<PluginInstance>(std::move(lib), *this, kv);
@@ -59,6 +60,12 @@ void Endpoint::start() {
   }
 }
 
+void Endpoint::requestReplay() {
+  if (cfg_.role != Role::Orchestrator || stopping_.load()) return;
+  if (!inbound_.push(InItem(Replay{}), std::chrono::milliseconds(100)))
+    spdlog::warn("endpoint {}: register replay skipped: inbound queue full", cfg_.name);
+}
+
 bool Endpoint::drain(std::chrono::milliseconds timeout) {
   auto end = std::chrono::steady_clock::now() + timeout;
   bool a = inbound_.drain(timeout);
@@ -81,8 +88,10 @@ void Endpoint::laneLoop() {
   while (auto item = inbound_.pop()) {
     if (auto* env = std::get_if<Envelope>(&*item)) {
       router_.route(cfg_.name, std::move(*env));
+    } else if (auto* sc = std::get_if<SessionClosed>(&*item)) {
+      router_.sessionClosed(cfg_.name, sc->session);
     } else {
-      router_.sessionClosed(cfg_.name, std::get<SessionClosed>(*item).session);
+      router_.replayRegisters(cfg_.name);
     }
     inbound_.done();
   }
@@ -200,6 +209,8 @@ void Endpoint::onState(fg_state state, std::string_view detail) {
       rep_->no_local = detail.find("no-local") != std::string_view::npos;
   }
   if (state == FG_STATE_RECONNECTED) stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
+  // SOARCA forgets every fin when it restarts: whenever its side (re)connects, tell it again.
+  if ((state == FG_STATE_UP && prev != FG_STATE_UP) || state == FG_STATE_RECONNECTED) requestReplay();
   std::string suffix = detail.empty() ? "" : " (" + std::string(detail) + ")";
   if (state == FG_STATE_FAILED || state == FG_STATE_DOWN)
     spdlog::warn("endpoint {}: {}{}", cfg_.name, stateName(state), suffix);

@@ -52,6 +52,8 @@ class Endpoint final : public PluginHost, public RouterOutput {
   const PluginLibrary& library() const { return instance_->library(); }
 
   void start();  // throws PluginError when the plugin refuses
+  // Orchestrator endpoints: re-send the stored registers (through the lane, in order).
+  void requestReplay();
   // Waits (bounded) until both queues are empty.
   bool drain(std::chrono::milliseconds timeout);
   void stop(uint32_t timeout_ms);
@@ -80,7 +82,8 @@ class Endpoint final : public PluginHost, public RouterOutput {
   struct SessionClosed {
     uint64_t session;
   };
-  using InItem = std::variant<Envelope, SessionClosed>;
+  struct Replay {};
+  using InItem = std::variant<Envelope, SessionClosed, Replay>;
   void laneLoop();
   void dispatchLoop();
   void recordLatency(int64_t ingress_ns);

@@ -257,11 +257,19 @@ void Gateway::start() {
     admin_->start();
   }
   started_ = true;
+  replay_stop_ = false;
+  replay_thread_ = std::thread([this] { replayLoop(); });
   spdlog::info("fingate running: {} endpoint(s), {} route(s), {} binding(s)", endpoints_.size(), cfg_.routes.size(),
                registry_.size());
 }
 
 void Gateway::stop() {
+  {
+    std::lock_guard rl(replay_mu_);
+    replay_stop_ = true;
+  }
+  replay_cv_.notify_all();
+  if (replay_thread_.joinable()) replay_thread_.join();
   std::lock_guard lk(mu_);
   if (!started_) {
     endpoints_.clear();
@@ -282,6 +290,26 @@ void Gateway::stop() {
   spdlog::info("fingate stopped");
 }
 
+void Gateway::replayLoop() {
+  // Lock order: never hold replay_mu_ while taking mu_ (stop() joins this thread).
+  while (true) {
+    uint32_t every_s;
+    {
+      std::lock_guard g(mu_);
+      every_s = cfg_.register_replay_s;
+    }
+    {
+      std::unique_lock lk(replay_mu_);
+      auto wait = every_s ? std::chrono::seconds(every_s) : std::chrono::seconds(5);  // off: look again after a reload
+      if (replay_cv_.wait_for(lk, wait, [&] { return replay_stop_; })) return;
+    }
+    if (every_s == 0) continue;
+    std::lock_guard g(mu_);
+    if (!started_) return;
+    for (auto& e : endpoints_) e->requestReplay();
+  }
+}
+
 bool Gateway::reload(const Config& next, std::string& error) {
   try {
     validateConfig(next);
@@ -291,7 +319,8 @@ bool Gateway::reload(const Config& next, std::string& error) {
   }
   std::lock_guard lk(mu_);
   auto same = [](const EndpointConfig& a, const EndpointConfig& b) {
-    if (a.plugin != b.plugin || a.role != b.role || a.required != b.required || a.options.size() != b.options.size())
+    if (a.plugin != b.plugin || a.role != b.role || a.required != b.required || a.compat != b.compat ||
+        a.options.size() != b.options.size())
       return false;
     for (size_t i = 0; i < a.options.size(); ++i)
       if (a.options[i].key != b.options[i].key || a.options[i].value != b.options[i].value) return false;
@@ -443,6 +472,14 @@ std::string Gateway::metricsText() const {
   o << "fingate_nacks_sent_total " << c.nacks_sent.load() << '\n';
   head("fingate_subscribe_timeouts_total", "counter", "Subscriptions not confirmed within subscribe_timeout_ms.");
   o << "fingate_subscribe_timeouts_total " << c.subscribe_timeouts.load() << '\n';
+  head("fingate_compat_repairs_total", "counter", "Compatibility repairs between SOARCA and Python fins, by kind.");
+  o << "fingate_compat_repairs_total{kind=\"auth_removed\"} " << c.compat_auth_removed.load() << '\n';
+  o << "fingate_compat_repairs_total{kind=\"variables_completed\"} " << c.compat_variables_completed.load() << '\n';
+  o << "fingate_compat_repairs_total{kind=\"nack_to_ack\"} " << c.compat_nacks_to_acks.load() << '\n';
+  head("fingate_registers_replayed_total", "counter", "Stored registers re-sent to orchestrator endpoints.");
+  o << "fingate_registers_replayed_total " << c.registers_replayed.load() << '\n';
+  head("fingate_replay_replies_swallowed_total", "counter", "Orchestrator answers to replayed registers not forwarded.");
+  o << "fingate_replay_replies_swallowed_total " << c.replay_replies_swallowed.load() << '\n';
   head("fingate_bindings", "gauge", "Fins currently bound.");
   o << "fingate_bindings " << registry_.size() << '\n';
   head("fingate_subscriptions", "gauge", "Transport subscriptions the router holds.");
