@@ -1,0 +1,1191 @@
+// mqtt: the MQTT transport (paho-mqtt-cpp async_client), for SOARCA's broker or a fins broker.
+//
+// Threads:
+//  - the host's threads call publish/subscribe/unsubscribe: they only queue work (never block
+//    on the network) and wake the worker;
+//  - one worker thread per instance owns the connection: it connects (MQTT 5 first in `auto`,
+//    3.1.1 when the broker refuses 5), restores every subscription, and only then reports
+//    UP/RECONNECTED, sends queued publishes in order, and reconnects with jittered exponential
+//    backoff when the connection drops. Paho's own automatic reconnect is not used: it does not
+//    resubscribe with clean sessions (the "connected but deaf" bug);
+//  - paho's callback thread (shared by every paho client of the process) delivers inbound
+//    messages to the host and completes deliveries/SUBACKs;
+//  - one redelivery thread per instance retries inbound messages the host answered RETRY for,
+//    in order (a bounded hold, `inflight_max`).
+//
+// Delivery: a publish is kept until the broker confirms it (QoS 1 PUBACK; QoS 0: written to the
+// socket). If the connection drops first it is sent again after the reconnect (at least once),
+// in the original order. FAILED is reported only for a definitive refusal (MQTT 5 PUBACK reason
+// >= 0x80, a message paho cannot send) or for what is still queued when stop() gives up.
+#include <fingate/plugin_sdk.hpp>
+#include <fingate/topic.hpp>
+
+#include <mqtt/async_client.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+using fingate::sdk::Config;
+using fingate::sdk::ConfigError;
+using fingate::sdk::Host;
+using fingate::sdk::view;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kV311 = MQTTVERSION_3_1_1;  // 4
+constexpr int kV5 = MQTTVERSION_5;        // 5
+
+enum class VersionMode { Auto, V311, V5 };
+
+struct Settings {
+  std::string url;       // as configured (for messages)
+  std::string paho_url;  // tcp://host:port or ssl://host:port
+  bool tls = false;
+  std::string client_id;
+  int qos = 1;
+  VersionMode version = VersionMode::Auto;
+  std::string username;
+  std::string password;
+  bool has_password = false;
+  std::string prefix;
+  std::string ca_file, cert_file, key_file;
+  bool verify = true;
+  int keepalive_s = 30;
+  int reconnect_min_ms = 100;
+  int reconnect_max_ms = 10000;
+  bool connect_retry = true;
+  int connect_timeout_ms = 10000;
+  size_t inflight_max = 10000;
+  size_t queue_max = 10000;
+};
+
+std::string randomHex(size_t bytes) {
+  std::random_device rd;
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < bytes; ++i) {
+    unsigned v = rd() & 0xffu;
+    out.push_back(digits[v >> 4]);
+    out.push_back(digits[v & 15]);
+  }
+  return out;
+}
+
+bool hasControlOrWildcard(std::string_view s) {
+  for (char c : s)
+    if (c == '+' || c == '#' || static_cast<unsigned char>(c) < 0x20) return true;
+  return false;
+}
+
+// Parses scheme://host[:port]; accepts tcp/mqtt (plain) and ssl/mqtts/tls (TLS).
+void parseUrl(const std::string& url, Settings& s) {
+  auto sep = url.find("://");
+  if (sep == std::string::npos) throw ConfigError("url", "expected tcp://host:port or ssl://host:port, got '" + url + "'");
+  std::string scheme = url.substr(0, sep);
+  std::string rest = url.substr(sep + 3);
+  if (scheme == "tcp" || scheme == "mqtt") s.tls = false;
+  else if (scheme == "ssl" || scheme == "mqtts" || scheme == "tls") s.tls = true;
+  else throw ConfigError("url", "unsupported scheme '" + scheme + "' (use tcp:// or ssl://)");
+  if (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.empty() || rest.find('/') != std::string::npos)
+    throw ConfigError("url", "expected tcp://host:port or ssl://host:port, got '" + url + "'");
+  std::string host = rest, port;
+  if (rest.front() == '[') {  // [v6]:port
+    auto close = rest.find(']');
+    if (close == std::string::npos) throw ConfigError("url", "unbalanced '[' in '" + url + "'");
+    host = rest.substr(0, close + 1);
+    if (close + 1 < rest.size()) {
+      if (rest[close + 1] != ':') throw ConfigError("url", "expected ':port' after ']' in '" + url + "'");
+      port = rest.substr(close + 2);
+    }
+  } else if (auto colon = rest.rfind(':'); colon != std::string::npos) {
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
+  }
+  if (host.empty() || host == "[]") throw ConfigError("url", "missing host in '" + url + "'");
+  if (port.empty()) port = s.tls ? "8883" : "1883";
+  char* end = nullptr;
+  long p = std::strtol(port.c_str(), &end, 10);
+  if (*end != '\0' || p < 1 || p > 65535) throw ConfigError("url", "bad port '" + port + "' in '" + url + "'");
+  s.url = url;
+  s.paho_url = std::string(s.tls ? "ssl" : "tcp") + "://" + host + ":" + std::to_string(p);
+}
+
+Settings parseSettings(const Config& cfg) {
+  Settings s;
+  parseUrl(cfg.require("url"), s);
+  s.client_id = cfg.get("client_id", "");
+  if (cfg.has("client_id") && s.client_id.empty()) throw ConfigError("client_id", "must not be empty");
+  if (s.client_id.empty()) s.client_id = "fingate-" + randomHex(6);
+  if (s.client_id.size() > 65535) throw ConfigError("client_id", "too long");
+  s.qos = static_cast<int>(cfg.getInt("qos", 1, 0, 1));
+  std::string v = cfg.get("mqtt_version", "auto");
+  if (v == "auto") s.version = VersionMode::Auto;
+  else if (v == "3" || v == "3.1.1" || v == "4") s.version = VersionMode::V311;
+  else if (v == "5") s.version = VersionMode::V5;
+  else throw ConfigError("mqtt_version", "expected auto, 3 or 5, got '" + v + "'");
+  s.username = cfg.get("username", "");
+  s.has_password = cfg.has("password");
+  s.password = cfg.get("password", "");
+  if (s.has_password && s.username.empty()) throw ConfigError("password", "needs a username");
+  s.prefix = cfg.get("topic_prefix", "");
+  if (hasControlOrWildcard(s.prefix)) throw ConfigError("topic_prefix", "must not contain '+', '#' or control characters");
+  s.ca_file = cfg.get("tls.ca_file", "");
+  s.cert_file = cfg.get("tls.cert_file", "");
+  s.key_file = cfg.get("tls.key_file", "");
+  s.verify = cfg.getBool("tls.verify", true);
+  if (!s.tls) {
+    for (const char* k : {"tls.ca_file", "tls.cert_file", "tls.key_file", "tls.verify"})
+      if (cfg.has(k)) throw ConfigError(k, "needs an ssl:// url (url is '" + s.url + "')");
+  }
+  if (s.cert_file.empty() != s.key_file.empty())
+    throw ConfigError(s.cert_file.empty() ? "tls.cert_file" : "tls.key_file", "tls.cert_file and tls.key_file go together");
+  s.keepalive_s = static_cast<int>(cfg.getInt("keepalive_s", 30, 0, 65535));
+  s.reconnect_min_ms = static_cast<int>(cfg.getInt("reconnect_min_ms", 100, 1, 3600000));
+  s.reconnect_max_ms = static_cast<int>(cfg.getInt("reconnect_max_ms", 10000, 1, 3600000));
+  if (s.reconnect_max_ms < s.reconnect_min_ms) throw ConfigError("reconnect_max_ms", "must be at least reconnect_min_ms");
+  s.connect_retry = cfg.getBool("connect_retry", true);
+  s.connect_timeout_ms = static_cast<int>(cfg.getInt("connect_timeout_ms", 10000, 100, 600000));
+  s.inflight_max = static_cast<size_t>(cfg.getInt("inflight_max", 10000, 1, 100000000));
+  s.queue_max = static_cast<size_t>(cfg.getInt("queue_max", 10000, 1, 100000000));
+  if (!cfg.getBool("clean_session", true))
+    throw ConfigError("clean_session", "only true is supported (every subscription is restored after a reconnect)");
+  return s;
+}
+
+std::string versionName(int v) { return v == kV5 ? "5" : "3.1.1"; }
+
+// CONNACK codes that mean "wrong credentials" (3.1.1: 4, 5; MQTT 5: 0x86, 0x87, 0x8C).
+bool isAuthFailure(int version, int rc) {
+  if (version == kV5) return rc == 0x86 || rc == 0x87 || rc == 0x8C;
+  return rc == 4 || rc == 5;
+}
+
+// Publish failures that will not heal by sending again.
+bool isDefinitivePublishFailure(int rc, int reason) {
+  if (reason >= 0x80) return true;  // MQTT 5 PUBACK reason (not authorized, quota, payload format...)
+  switch (rc) {
+    case MQTTASYNC_BAD_UTF8_STRING:
+    case MQTTASYNC_NULL_PARAMETER:
+    case MQTTASYNC_TOPICNAME_TRUNCATED:
+    case MQTTASYNC_BAD_STRUCTURE:
+    case MQTTASYNC_BAD_QOS:
+    case MQTTASYNC_BAD_PROTOCOL:
+    case MQTTASYNC_BAD_MQTT_OPTION:
+    case MQTTASYNC_WRONG_MQTT_VERSION:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string hex2(int v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%02x", v & 0xff);
+  return buf;
+}
+
+class MqttPlugin final : public fingate::sdk::Plugin {
+ public:
+  MqttPlugin(Host host, const Config& cfg) : Plugin(host), s_(parseSettings(cfg)), pub_listener_(this), sub_listener_(this), unsub_listener_(this) {
+    std::random_device rd;
+    rng_.seed(rd());
+  }
+
+  ~MqttPlugin() override { stop(2000); }
+
+  fg_status start() override {
+    {
+      std::lock_guard lk(mu_);
+      if (started_) return FG_ERR_STATE;
+      started_ = true;
+    }
+    try {
+      mqtt::create_options co(kV5);
+      // Paho refuses sends (-12) once its own command queue holds max_buffered_messages, even
+      // when connected; the plugin bounds its queue itself (queue_max), so give paho room.
+      co.set_max_buffered_messages(static_cast<int>(std::min<size_t>(s_.queue_max + 1000, 1000000000)));
+      client_ = std::make_unique<mqtt::async_client>(s_.paho_url, s_.client_id, co, nullptr);
+      client_->set_message_callback([this](mqtt::const_message_ptr m) { onInbound(m); });
+      client_->set_connection_lost_handler([this](const std::string& cause) {
+        connectionLost(cause.empty() ? "connection lost" : "connection lost: " + cause);
+      });
+      client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
+        connectionLost("broker sent DISCONNECT (reason " + hex2(static_cast<int>(rc)) + ")");
+      });
+    } catch (const std::exception& e) {
+      host_.error("mqtt " + s_.url + ": cannot create the client: " + e.what());
+      client_.reset();
+      return FG_ERR_INVALID_ARG;
+    }
+    {
+      std::lock_guard lk(mu_);
+      running_ = true;
+    }
+    host_.onState(FG_STATE_STARTING, "connecting to " + s_.url);
+    worker_ = std::thread([this] { run(); });
+    redeliver_ = std::thread([this] { redeliverLoop(); });
+    return FG_OK;
+  }
+
+  fg_status stop(uint32_t timeout_ms) override {
+    {
+      std::lock_guard lk(mu_);
+      if (!running_) return FG_OK;
+      running_ = false;
+      stop_ = true;
+      stop_deadline_ = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    }
+    stopping_ = true;
+    cv_.notify_all();
+    {
+      std::lock_guard hl(hold_mu_);
+    }
+    hold_cv_.notify_all();
+    if (worker_.joinable()) worker_.join();
+    // The worker disconnected (or gave up); no more callbacks once the client is gone.
+    try {
+      if (client_) client_->disable_callbacks();
+    } catch (...) {
+    }
+    client_.reset();
+    if (redeliver_.joinable()) redeliver_.join();
+    size_t dropped = 0;
+    {
+      std::lock_guard hl(hold_mu_);
+      dropped = hold_.size();
+      hold_.clear();
+    }
+    if (dropped) host_.warn("mqtt " + s_.url + ": stopped with " + std::to_string(dropped) +
+                            " inbound message(s) the host had not taken yet (they are lost)");
+    failEverything("stopped");
+    host_.onState(FG_STATE_STOPPED, "");
+    return FG_OK;
+  }
+
+  fg_status publish(const fg_message& m, uint64_t delivery_id) override {
+    std::string_view topic = view(m.topic);
+    if (topic.empty() || hasControlOrWildcard(topic) || s_.prefix.size() + topic.size() > 65535)
+      return FG_ERR_INVALID_ARG;
+    Out o;
+    o.topic = s_.prefix;
+    o.topic.append(topic);
+    o.payload.assign(m.payload.data ? m.payload.data : "", m.payload.len);
+    for (size_t i = 0; i < m.header_count && m.headers; ++i)
+      o.headers.emplace_back(std::string(view(m.headers[i].key)), std::string(view(m.headers[i].value)));
+    o.delivery_id = delivery_id;
+    {
+      std::lock_guard lk(mu_);
+      if (!running_) return FG_ERR_STATE;
+      if (out_.size() + pub_ops_ >= s_.queue_max) return FG_RETRY;
+      o.seq = next_seq_++;
+      out_.push_back(std::move(o));
+    }
+    cv_.notify_all();
+    return FG_OK;
+  }
+
+  fg_status subscribe(std::string_view filter, uint64_t sub_id) override {
+    std::string broker = s_.prefix + std::string(filter);
+    if (filter.empty() || !fingate::isValidFilter(filter) || !fingate::isValidFilter(broker) ||
+        broker.find('\0') != std::string::npos || broker.size() > 65535) {
+      host_.error("mqtt " + s_.url + ": invalid subscription filter '" + std::string(filter) + "'" +
+                  (s_.prefix.empty() ? "" : " (with topic_prefix: '" + broker + "')"));
+      return FG_ERR_INVALID_ARG;
+    }
+    {
+      std::lock_guard lk(mu_);
+      std::erase_if(subs_, [&](const Sub& s) { return s.id == sub_id; });
+      subs_.push_back(Sub{sub_id, std::string(filter), broker});
+      subops_.push_back(SubOp{true, broker, {sub_id}});
+    }
+    cv_.notify_all();
+    return FG_OK;
+  }
+
+  fg_status unsubscribe(uint64_t sub_id) override {
+    {
+      std::lock_guard lk(mu_);
+      auto it = std::find_if(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.id == sub_id; });
+      if (it == subs_.end()) return FG_OK;
+      std::string broker = it->broker_filter;
+      subs_.erase(it);
+      bool still_used = std::any_of(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.broker_filter == broker; });
+      if (!still_used) subops_.push_back(SubOp{false, broker, {}});
+    }
+    cv_.notify_all();
+    return FG_OK;
+  }
+
+ private:
+  struct Out {
+    uint64_t seq = 0;
+    std::string topic;  // with the prefix
+    std::string payload;
+    std::vector<std::pair<std::string, std::string>> headers;
+    uint64_t delivery_id = 0;
+    int attempts = 0;
+  };
+  struct Sub {
+    uint64_t id;
+    std::string filter;         // the host's filter
+    std::string broker_filter;  // prefix + filter
+  };
+  struct SubOp {
+    bool subscribe;
+    std::string broker_filter;
+    std::vector<uint64_t> ids;
+  };
+  enum class OpKind { Publish, Subscribe, Unsubscribe };
+  // Something handed to paho that waits for its completion callback. The op id travels as the
+  // token's user context; a callback whose op is gone (a previous connection) is ignored.
+  struct Op {
+    OpKind kind;
+    uint64_t gen;
+    Out out;                       // Publish
+    std::string filter;            // Subscribe / Unsubscribe (broker filter)
+    std::vector<uint64_t> sub_ids; // Subscribe
+    bool restore = false;          // part of the restore after a connect
+    bool conn_failed = false;      // Publish failed, presumably with the connection
+    Clock::time_point failed_at{};
+  };
+  struct Held {
+    uint64_t sub_id;
+    std::string topic;
+    std::string payload;
+    std::vector<std::pair<std::string, std::string>> headers;
+    int64_t timestamp_ms;
+  };
+
+  class PubListener : public mqtt::iaction_listener {
+   public:
+    explicit PubListener(MqttPlugin* p) : p_(p) {}
+    void on_success(const mqtt::token& t) override { p_->publishDone(t, true); }
+    void on_failure(const mqtt::token& t) override { p_->publishDone(t, false); }
+
+   private:
+    MqttPlugin* p_;
+  };
+  class SubListener : public mqtt::iaction_listener {
+   public:
+    explicit SubListener(MqttPlugin* p) : p_(p) {}
+    void on_success(const mqtt::token& t) override { p_->subscribeDone(t, true); }
+    void on_failure(const mqtt::token& t) override { p_->subscribeDone(t, false); }
+
+   private:
+    MqttPlugin* p_;
+  };
+  class UnsubListener : public mqtt::iaction_listener {
+   public:
+    explicit UnsubListener(MqttPlugin* p) : p_(p) {}
+    void on_success(const mqtt::token& t) override { p_->unsubscribeDone(t, true); }
+    void on_failure(const mqtt::token& t) override { p_->unsubscribeDone(t, false); }
+
+   private:
+    MqttPlugin* p_;
+  };
+
+  // The token's MQTT 5 reason code; 0 for 3.1.1 (paho-cpp marks those with MQTTPP_V3_CODE).
+  static int reasonOf(const mqtt::token& t) {
+    auto r = t.get_reason_code();
+    return r == mqtt::ReasonCode::MQTTPP_V3_CODE ? 0 : static_cast<int>(r);
+  }
+  static uint64_t opId(const mqtt::token& t) { return reinterpret_cast<uintptr_t>(t.get_user_context()); }
+  static void* opCtx(uint64_t id) { return reinterpret_cast<void*>(static_cast<uintptr_t>(id)); }
+
+  // ---- the worker: connect, restore, serve, reconnect -------------------------------------
+
+  enum class ConnectResult { Ok, Failed, AuthFailed, Stopped };
+
+  void run() {
+    bool ever_up = false;
+    bool down_reported = false;
+    bool auth_reported = false;
+    int attempt = 0;
+    std::string reason;
+    while (!stopRequested()) {
+      ConnectResult r = connectOnce(reason);
+      if (r == ConnectResult::Stopped) break;
+      if (r != ConnectResult::Ok) {
+        int delay_ms;
+        if (r == ConnectResult::AuthFailed) {
+          if (!auth_reported) {
+            host_.error("mqtt " + s_.url + ": " + reason + " (client_id '" + s_.client_id +
+                        "'); retrying every ~" + std::to_string(s_.reconnect_max_ms) + " ms");
+            host_.onState(FG_STATE_FAILED, reason);
+            auth_reported = true;
+          }
+          delay_ms = jitter(s_.reconnect_max_ms);
+        } else {
+          if (!ever_up && !s_.connect_retry) {
+            host_.error("mqtt " + s_.url + ": " + reason + "; connect_retry is false, giving up");
+            host_.onState(FG_STATE_FAILED, reason);
+            break;
+          }
+          delay_ms = backoff(attempt++);
+          if (!down_reported) {
+            host_.warn("mqtt " + s_.url + ": " + reason + "; retrying with backoff up to " +
+                       std::to_string(s_.reconnect_max_ms) + " ms");
+            host_.onState(FG_STATE_DOWN, reason);
+            down_reported = true;
+          } else {
+            host_.debug("mqtt " + s_.url + ": " + reason + "; next attempt in " + std::to_string(delay_ms) + " ms");
+          }
+        }
+        sleepUnlessStopped(std::chrono::milliseconds(delay_ms));
+        continue;
+      }
+      // Connected: every subscription first, then UP/RECONNECTED, then the queued publishes.
+      if (!restoreSubscriptions(reason)) {
+        if (stopRequested()) break;
+        dropConnection(reason);
+        if (!down_reported) host_.onState(FG_STATE_DOWN, reason);
+        down_reported = true;
+        sleepUnlessStopped(std::chrono::milliseconds(backoff(attempt++)));
+        continue;
+      }
+      attempt = 0;
+      auth_reported = false;
+      down_reported = false;
+      std::string detail = "connected to " + s_.url + " as '" + s_.client_id + "' mqtt=" + versionName(version_) +
+                           (version_ == kV5 ? " no-local" : "");
+      host_.info("mqtt " + detail);
+      host_.onState(ever_up ? FG_STATE_RECONNECTED : FG_STATE_UP, detail);
+      ever_up = true;
+      serve();
+      if (stopRequested()) break;
+      {
+        std::lock_guard lk(mu_);
+        reason = lost_reason_;
+      }
+      dropConnection(reason);
+      host_.warn("mqtt " + s_.url + ": " + reason + "; reconnecting");
+      host_.onState(FG_STATE_DOWN, reason);
+      down_reported = true;
+      // Reconnect at once the first time (the broker may just have restarted), then back off.
+      attempt = 0;
+      sleepUnlessStopped(std::chrono::milliseconds(jitter(s_.reconnect_min_ms)));
+    }
+    shutdownConnection();
+  }
+
+  ConnectResult connectOnce(std::string& reason) {
+    std::vector<int> versions;
+    switch (s_.version) {
+      case VersionMode::V5: versions = {kV5}; break;
+      case VersionMode::V311: versions = {kV311}; break;
+      case VersionMode::Auto: versions = {kV5, kV311}; break;
+    }
+    for (size_t i = 0; i < versions.size(); ++i) {
+      int v = versions[i];
+      if (stopRequested()) return ConnectResult::Stopped;
+      mqtt::token_ptr tok;
+      host_.debug("mqtt " + s_.url + ": connecting with mqtt " + versionName(v));
+      try {
+        tok = client_->connect(connectOptions(v));
+      } catch (const mqtt::exception& e) {
+        reason = std::string("connect failed: ") + e.what();
+        return ConnectResult::Failed;
+      }
+      auto limit = Clock::now() + std::chrono::milliseconds(s_.connect_timeout_ms) + 2s;
+      bool done = false;
+      int rc = 0, code = 0;
+      std::string msg;
+      while (!done) {
+        try {
+          done = tok->wait_for(100ms);
+        } catch (const mqtt::exception& e) {
+          done = true;
+          rc = e.get_return_code();
+          code = static_cast<int>(e.get_reason_code());
+          msg = e.get_message();
+          if (msg.empty()) msg = e.what();
+        }
+        if (!done && (stopRequested() || Clock::now() > limit)) {
+          if (stopRequested()) return ConnectResult::Stopped;
+          rc = MQTTASYNC_FAILURE;
+          msg = "connect timed out";
+          done = true;
+        }
+      }
+      if (rc == 0 && msg.empty()) {
+        int negotiated = v;
+        try {
+          negotiated = tok->get_connect_response().get_mqtt_version();
+        } catch (...) {
+        }
+        bool sids = true;
+        try {
+          const auto& props = tok->get_connect_response().get_properties();
+          if (props.contains(mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE))
+            sids = mqtt::get<uint8_t>(props, mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) != 0;
+        } catch (...) {
+        }
+        std::lock_guard lk(mu_);
+        version_ = negotiated >= kV5 ? kV5 : kV311;
+        sub_ids_available_ = version_ == kV5 && sids;
+        connected_ = true;
+        lost_ = false;
+        lost_reason_.clear();
+        ++gen_;
+        return ConnectResult::Ok;
+      }
+      // MQTT 5 CONNACK puts the reason in the return code; 3.1.1 in both.
+      int connack = rc > 0 ? rc : (code > 0 ? code : 0);
+      if (connack && isAuthFailure(v, connack)) {
+        reason = "not authorized: the broker refused username '" + s_.username + "' (CONNACK " + hex2(connack) + ")";
+        return ConnectResult::AuthFailed;
+      }
+      bool version_refused = connack == 1 || connack == 0x84;
+      bool tcp_failed = msg.find("TCP/TLS connect failure") != std::string::npos;
+      reason = "connect to " + s_.url + " (mqtt " + versionName(v) + ") failed: " + msg +
+               (connack ? " (CONNACK " + hex2(connack) + ")" : "");
+      if (v == kV5 && i + 1 < versions.size() && (version_refused || (!tcp_failed && !connack))) {
+        host_.info("mqtt " + s_.url + ": MQTT 5 refused (" + msg + "), trying MQTT 3.1.1");
+        continue;
+      }
+      return ConnectResult::Failed;
+    }
+    return ConnectResult::Failed;
+  }
+
+  mqtt::connect_options connectOptions(int v) {
+    mqtt::connect_options o;
+    o.set_mqtt_version(v);
+    if (v == kV5) {
+      o.set_clean_session(false);
+      o.set_clean_start(true);
+    } else {
+      o.set_clean_start(false);
+      o.set_clean_session(true);
+    }
+    o.set_keep_alive_interval(s_.keepalive_s);
+    o.set_connect_timeout(std::max(1, (s_.connect_timeout_ms + 999) / 1000));
+    o.set_automatic_reconnect(false);
+    o.set_max_inflight(static_cast<int>(std::min<size_t>(s_.queue_max, 65535)));
+    if (!s_.username.empty()) o.set_user_name(s_.username);
+    if (s_.has_password) o.set_password(s_.password);
+    if (s_.tls) {
+      mqtt::ssl_options ssl;
+      if (!s_.ca_file.empty()) ssl.set_trust_store(s_.ca_file);
+      if (!s_.cert_file.empty()) ssl.set_key_store(s_.cert_file);
+      if (!s_.key_file.empty()) ssl.set_private_key(s_.key_file);
+      ssl.set_enable_server_cert_auth(s_.verify);
+      ssl.set_verify(s_.verify);
+      ssl.set_error_handler([this](const std::string& err) { host_.warn("mqtt " + s_.url + ": TLS: " + err); });
+      o.set_ssl(std::move(ssl));
+    }
+    return o;
+  }
+
+  // Subscribes every filter again on the new connection and waits for every SUBACK.
+  bool restoreSubscriptions(std::string& reason) {
+    std::vector<SubOp> groups;
+    {
+      std::lock_guard lk(mu_);
+      subops_.clear();  // everything current is restored below
+      for (const auto& s : subs_) {
+        auto it = std::find_if(groups.begin(), groups.end(), [&](const SubOp& g) { return g.broker_filter == s.broker_filter; });
+        if (it == groups.end()) groups.push_back(SubOp{true, s.broker_filter, {s.id}});
+        else it->ids.push_back(s.id);
+      }
+      restore_pending_ = groups.size();
+      restore_failed_ = false;
+    }
+    for (auto& g : groups)
+      if (!sendSubscribe(g, true)) {
+        reason = "restoring subscriptions failed";
+        return false;
+      }
+    std::unique_lock lk(mu_);
+    auto deadline = Clock::now() + std::chrono::milliseconds(s_.connect_timeout_ms);
+    bool ok = cv_.wait_until(lk, deadline, [&] { return stop_ || lost_ || restore_failed_ || restore_pending_ == 0; });
+    if (stop_) return false;
+    if (lost_) {
+      reason = lost_reason_;
+      return false;
+    }
+    if (!ok || restore_failed_) {
+      reason = !ok ? "restoring " + std::to_string(groups.size()) + " subscription(s) timed out"
+                   : "restoring subscriptions failed with the connection";
+      return false;
+    }
+    if (!groups.empty())
+      host_.debug("mqtt " + s_.url + ": restored " + std::to_string(groups.size()) + " subscription(s)");
+    return true;
+  }
+
+  // Connected: send subscription changes and publishes until the connection drops or stop().
+  void serve() {
+    auto next_sweep = Clock::now() + 500ms;
+    while (true) {
+      std::vector<SubOp> ops;
+      {
+        std::unique_lock lk(mu_);
+        cv_.wait_until(lk, next_sweep, [&] { return stop_ || lost_ || !out_.empty() || !subops_.empty(); });
+        if (stop_ || lost_) return;
+        if (Clock::now() >= next_sweep) {
+          requeueFailedLocked(false);
+          next_sweep = Clock::now() + 500ms;
+        }
+        ops.assign(std::make_move_iterator(subops_.begin()), std::make_move_iterator(subops_.end()));
+        subops_.clear();
+      }
+      for (auto& op : ops) {
+        if (op.subscribe) sendSubscribe(op, false);
+        else sendUnsubscribe(op.broker_filter);
+      }
+      sendQueued();
+    }
+  }
+
+  // Sends out_ in order. Stops at the first message paho will not take now.
+  void sendQueued() {
+    while (true) {
+      uint64_t id;
+      mqtt::message_ptr msg;
+      int version;
+      {
+        std::lock_guard lk(mu_);
+        if (out_.empty() || stop_ || lost_ || !connected_) return;
+        id = next_op_++;
+        Op op{OpKind::Publish, gen_, std::move(out_.front()), {}, {}, false, false, {}};
+        out_.pop_front();
+        op.out.attempts++;
+        msg = mqtt::message::create(op.out.topic, op.out.payload.data(), op.out.payload.size(), s_.qos, false);
+        version = version_;
+        if (version == kV5 && !op.out.headers.empty()) {
+          mqtt::properties props;
+          for (auto& [k, v] : op.out.headers) props.add(mqtt::property(mqtt::property::USER_PROPERTY, k, v));
+          msg->set_properties(std::move(props));
+        }
+        ops_.emplace(id, std::move(op));
+        ++pub_ops_;
+      }
+      try {
+        client_->publish(msg, opCtx(id), pub_listener_);
+      } catch (const mqtt::exception& e) {
+        int rc = e.get_return_code();
+        uint64_t failed_delivery = 0;
+        bool requeued = false;
+        {
+          std::lock_guard lk(mu_);
+          auto node = ops_.extract(id);
+          if (!node.empty()) {
+            --pub_ops_;
+            Out o = std::move(node.mapped().out);
+            if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT) --o.attempts;  // busy
+            if (isDefinitivePublishFailure(rc, 0) || o.attempts > kMaxAttempts) {
+              failed_delivery = o.delivery_id ? o.delivery_id : UINT64_MAX;
+              host_.error("mqtt " + s_.url + ": publish to '" + o.topic + "' failed: " + e.what());
+            } else {
+              out_.push_front(std::move(o));
+              requeued = true;
+            }
+          }
+        }
+        if (failed_delivery && failed_delivery != UINT64_MAX) host_.onDelivery(failed_delivery, FG_DELIVERY_FAILED);
+        if (requeued) {
+          // Paho will not take it now (disconnecting, window full): try again shortly.
+          std::unique_lock lk(mu_);
+          cv_.wait_for(lk, 20ms, [&] { return stop_ || lost_; });
+          return;
+        }
+      }
+    }
+  }
+
+  bool sendSubscribe(const SubOp& g, bool restore) {
+    uint64_t id;
+    int sid = 0;
+    {
+      std::lock_guard lk(mu_);
+      if (!connected_ || lost_) {
+        if (restore) restore_failed_ = true;
+        return false;
+      }
+      id = next_op_++;
+      Op op{OpKind::Subscribe, gen_, {}, g.broker_filter, g.ids, restore, false, {}};
+      ops_.emplace(id, std::move(op));
+      auto& bs = broker_subs_[g.broker_filter];
+      if (!bs.sid) bs.sid = next_sid_ = next_sid_ >= kMaxSubscriptionId ? 1 : next_sid_ + 1;
+      if (sub_ids_available_) sid = bs.sid;
+    }
+    try {
+      if (version_ == kV5) {
+        // no-local on every subscription; a subscription identifier tells the copies of one
+        // message apart when several subscriptions match it.
+        mqtt::properties props;
+        if (sid) props.add(mqtt::property(mqtt::property::SUBSCRIPTION_IDENTIFIER, sid));
+        client_->subscribe(g.broker_filter, s_.qos, opCtx(id), sub_listener_, mqtt::subscribe_options(true), props);
+      } else
+        client_->subscribe(g.broker_filter, s_.qos, opCtx(id), sub_listener_);
+      return true;
+    } catch (const mqtt::exception& e) {
+      std::lock_guard lk(mu_);
+      if (ops_.erase(id) && restore) restore_failed_ = true;
+      cv_.notify_all();
+      host_.warn("mqtt " + s_.url + ": subscribe '" + g.broker_filter + "' failed: " + e.what());
+      return false;
+    }
+  }
+
+  void sendUnsubscribe(const std::string& broker_filter) {
+    uint64_t id;
+    {
+      std::lock_guard lk(mu_);
+      if (std::none_of(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.broker_filter == broker_filter; }))
+        broker_subs_.erase(broker_filter);
+      id = next_op_++;
+      ops_.emplace(id, Op{OpKind::Unsubscribe, gen_, {}, broker_filter, {}, false, false, {}});
+    }
+    try {
+      client_->unsubscribe(broker_filter, opCtx(id), unsub_listener_);
+    } catch (const mqtt::exception& e) {
+      std::lock_guard lk(mu_);
+      ops_.erase(id);
+      host_.warn("mqtt " + s_.url + ": unsubscribe '" + broker_filter + "' failed: " + e.what());
+    }
+  }
+
+  // ---- completion callbacks (paho's thread) -----------------------------------------------
+
+  void publishDone(const mqtt::token& t, bool ok) {
+    uint64_t id = opId(t);
+    uint64_t delivery = 0;
+    fg_delivery status = FG_DELIVERY_OK;
+    {
+      std::lock_guard lk(mu_);
+      auto it = ops_.find(id);
+      if (it == ops_.end() || it->second.kind != OpKind::Publish) return;
+      Op& op = it->second;
+      if (!ok) {
+        int rc = t.get_return_code();
+        int reason = reasonOf(t);
+        if (!isDefinitivePublishFailure(rc, reason) && op.out.attempts <= kMaxAttempts) {
+          // Most likely the connection is going away: resend after the reconnect (or after
+          // a short while if the connection stays up).
+          op.conn_failed = true;
+          op.failed_at = Clock::now();
+          return;
+        }
+        host_.error("mqtt " + s_.url + ": publish to '" + op.out.topic + "' refused (rc " + std::to_string(rc) +
+                    ", reason " + hex2(reason) + ")");
+        status = FG_DELIVERY_FAILED;
+      }
+      delivery = op.out.delivery_id;
+      ops_.erase(it);
+      --pub_ops_;
+    }
+    cv_.notify_all();  // stop() waits for pub_ops_ to reach 0
+    if (delivery) host_.onDelivery(delivery, status);
+  }
+
+  void subscribeDone(const mqtt::token& t, bool ok) {
+    uint64_t id = opId(t);
+    std::vector<uint64_t> confirmed;
+    std::string filter;
+    bool refused = false;
+    int code = 0;
+    {
+      std::lock_guard lk(mu_);
+      auto it = ops_.find(id);
+      if (it == ops_.end() || it->second.kind != OpKind::Subscribe) return;
+      Op op = std::move(it->second);
+      ops_.erase(it);
+      filter = op.filter;
+      if (ok) {
+        code = reasonOf(t);
+        try {
+          mqtt::subscribe_response rsp = t.get_subscribe_response();
+          for (auto rc : rsp.get_reason_codes())
+            if (static_cast<int>(rc) >= 0x80) code = static_cast<int>(rc);
+        } catch (...) {
+          // no response details: keep the token's own reason code
+        }
+        refused = code >= 0x80;
+      } else {
+        int rc = t.get_return_code();
+        int reason = reasonOf(t);
+        code = reason >= 0x80 ? reason : rc;
+        refused = reason >= 0x80 || rc == 0x80;
+        if (!refused) {
+          // Not an answer from the broker: the connection failed under it.
+          if (op.restore) restore_failed_ = true;
+          cv_.notify_all();
+          return;
+        }
+      }
+      if (op.restore && restore_pending_ > 0) --restore_pending_;
+      if (!refused)
+        if (auto bs = broker_subs_.find(filter); bs != broker_subs_.end()) bs->second.confirmed = true;
+      if (!refused)
+        for (uint64_t sid : op.sub_ids)
+          if (std::any_of(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.id == sid && s.broker_filter == filter; }))
+            confirmed.push_back(sid);
+    }
+    cv_.notify_all();
+    if (refused) {
+      host_.error("mqtt " + s_.url + ": the broker refused the subscription to '" + filter + "' (reason " + hex2(code) + ")");
+      return;
+    }
+    for (uint64_t sid : confirmed) host_.onState(FG_STATE_SUBSCRIBED, std::to_string(sid));
+  }
+
+  void unsubscribeDone(const mqtt::token& t, bool ok) {
+    std::string filter;
+    {
+      std::lock_guard lk(mu_);
+      auto it = ops_.find(opId(t));
+      if (it == ops_.end()) return;
+      filter = it->second.filter;
+      ops_.erase(it);
+    }
+    if (!ok) host_.warn("mqtt " + s_.url + ": unsubscribe '" + filter + "' failed (rc " + std::to_string(t.get_return_code()) + ")");
+  }
+
+  void connectionLost(const std::string& reason) {
+    {
+      std::lock_guard lk(mu_);
+      if (!connected_ || lost_) return;
+      lost_ = true;
+      lost_reason_ = reason;
+    }
+    cv_.notify_all();
+  }
+
+  // ---- inbound -----------------------------------------------------------------------------
+
+  void onInbound(const mqtt::const_message_ptr& m) {
+    if (!m || stopping_) return;
+    const std::string& full = m->get_topic();
+    if (full.compare(0, s_.prefix.size(), s_.prefix) != 0) {
+      host_.warn("mqtt " + s_.url + ": message on '" + full + "' outside topic_prefix '" + s_.prefix + "' ignored");
+      return;
+    }
+    std::string_view topic = std::string_view(full).substr(s_.prefix.size());
+    const mqtt::properties& props = m->get_properties();
+    std::vector<int> copy_sids;  // MQTT 5: the subscriptions this copy was sent for
+    try {
+      size_t n = props.count(mqtt::property::SUBSCRIPTION_IDENTIFIER);
+      for (size_t i = 0; i < n; ++i) copy_sids.push_back(mqtt::get<int>(props, mqtt::property::SUBSCRIPTION_IDENTIFIER, i));
+    } catch (...) {
+    }
+    uint64_t sub_id = 0;
+    bool found = false;
+    bool duplicate = false;
+    {
+      std::lock_guard lk(mu_);
+      int first_confirmed_sid = 0;
+      for (const auto& s : subs_) {
+        if (!fingate::topicMatches(s.filter, topic)) continue;
+        if (!found) {
+          sub_id = s.id;
+          found = true;
+        }
+        auto bs = broker_subs_.find(s.broker_filter);
+        if (bs != broker_subs_.end() && bs->second.confirmed) {
+          first_confirmed_sid = bs->second.sid;
+          break;
+        }
+      }
+      // The broker sends one copy per matching subscription (or one carrying every matching
+      // identifier): hand over only the copy that carries the first confirmed match.
+      if (found && sub_ids_available_ && first_confirmed_sid && !copy_sids.empty())
+        duplicate = std::find(copy_sids.begin(), copy_sids.end(), first_confirmed_sid) == copy_sids.end();
+    }
+    if (!found) {
+      host_.debug("mqtt " + s_.url + ": message on '" + full + "' matches no current subscription; ignored");
+      return;
+    }
+    if (duplicate) return;
+    const auto& payload = m->get_payload_ref();
+    std::vector<std::pair<std::string, std::string>> headers;
+    try {
+      size_t n = props.count(mqtt::property::USER_PROPERTY);
+      for (size_t i = 0; i < n; ++i) {
+        auto kv = mqtt::get<mqtt::string_pair>(props, mqtt::property::USER_PROPERTY, i);
+        headers.emplace_back(std::get<0>(kv), std::get<1>(kv));
+      }
+    } catch (...) {
+    }
+    int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    std::unique_lock lk(hold_mu_);
+    if (hold_.empty()) {
+      // Nothing waiting before it: hand it over directly (the common case).
+      lk.unlock();
+      fg_status st = deliver(sub_id, topic, std::string_view(payload.data(), payload.size()), headers, now_ms);
+      if (st != FG_RETRY) return;
+      lk.lock();
+    }
+    // Keep it, in order, for the redelivery thread. A full hold blocks this (paho's) thread,
+    // which stops reading from the broker; after a while the message is admitted over the
+    // bound anyway, so that one stuck host queue cannot freeze every paho client of the process.
+    if (hold_.size() >= s_.inflight_max) {
+      if (!hold_full_logged_) {
+        host_.warn("mqtt " + s_.url + ": inbound hold full (" + std::to_string(hold_.size()) +
+                   " messages the host answered RETRY for); slowing the broker connection down");
+        hold_full_logged_ = true;
+      }
+      hold_cv_.wait_for(lk, 1s, [&] { return stopping_ || hold_.size() < s_.inflight_max; });
+      if (hold_.size() >= s_.inflight_max && !stopping_) ++hold_overflow_;
+    }
+    if (stopping_) return;
+    hold_.push_back(Held{sub_id, std::string(topic), std::string(payload.data(), payload.size()), std::move(headers), now_ms});
+    ++held_total_;
+    lk.unlock();
+    hold_cv_.notify_all();
+  }
+
+  fg_status deliver(uint64_t sub_id, std::string_view topic, std::string_view payload,
+                    const std::vector<std::pair<std::string, std::string>>& headers, int64_t ts) {
+    std::vector<fg_header> hs;
+    hs.reserve(headers.size());
+    for (auto& [k, v] : headers) hs.push_back(fg_header{fingate::sdk::str(k), fingate::sdk::str(v)});
+    fg_message msg{fingate::sdk::str(topic), fingate::sdk::str(payload), hs.empty() ? nullptr : hs.data(), hs.size(), ts, 0};
+    return host_.onMessage(sub_id, msg);
+  }
+
+  void redeliverLoop() {
+    std::unique_lock lk(hold_mu_);
+    auto pause = 1ms;
+    while (true) {
+      hold_cv_.wait(lk, [&] { return stopping_ || !hold_.empty(); });
+      if (stopping_) return;
+      Held& h = hold_.front();  // stays at the front (and in place) until the host takes it
+      lk.unlock();
+      fg_status st = deliver(h.sub_id, h.topic, h.payload, h.headers, h.timestamp_ms);
+      lk.lock();
+      if (st == FG_RETRY) {
+        hold_cv_.wait_for(lk, pause, [&] { return stopping_.load(); });
+        pause = std::min<std::chrono::milliseconds>(pause * 2, 10ms);
+        continue;
+      }
+      pause = 1ms;
+      hold_.pop_front();
+      if (hold_.empty() && hold_full_logged_) {
+        host_.info("mqtt " + s_.url + ": inbound hold drained (" + std::to_string(held_total_) + " held so far, " +
+                   std::to_string(hold_overflow_) + " admitted over the bound)");
+        hold_full_logged_ = false;
+      }
+      hold_cv_.notify_all();
+    }
+  }
+
+  // ---- connection bookkeeping ----------------------------------------------------------------
+
+  // After a drop: publishes that were not confirmed go back to the front of the queue, in order.
+  void dropConnection(const std::string& reason) {
+    bool was_connected;
+    {
+      std::lock_guard lk(mu_);
+      was_connected = connected_;
+      connected_ = false;
+      lost_ = false;
+      requeueFailedLocked(true);
+      subops_.clear();
+      for (auto& [f, bs] : broker_subs_) bs.confirmed = false;
+    }
+    if (was_connected) {
+      // Make sure paho's side is closed too (a timed-out restore leaves it connected).
+      try {
+        if (client_->is_connected()) client_->disconnect(0)->wait_for(1s);
+      } catch (...) {
+      }
+    }
+    (void)reason;
+  }
+
+  // all: every op (the connection is gone); else only publishes that failed > 2 s ago while
+  // the connection stayed up.
+  void requeueFailedLocked(bool all) {
+    std::vector<Out> back;
+    auto now = Clock::now();
+    for (auto it = ops_.begin(); it != ops_.end();) {
+      Op& op = it->second;
+      bool take = all || (op.kind == OpKind::Publish && op.conn_failed && now - op.failed_at > 2s);
+      if (!take) {
+        ++it;
+        continue;
+      }
+      if (op.kind == OpKind::Publish) {
+        back.push_back(std::move(op.out));
+        --pub_ops_;
+      }
+      it = ops_.erase(it);
+    }
+    std::sort(back.begin(), back.end(), [](const Out& a, const Out& b) { return a.seq < b.seq; });
+    for (auto it = back.rbegin(); it != back.rend(); ++it) out_.push_front(std::move(*it));
+  }
+
+  // stop(): send what is queued, disconnect within the deadline.
+  void shutdownConnection() {
+    bool connected;
+    Clock::time_point deadline;
+    {
+      std::lock_guard lk(mu_);
+      connected = connected_ && !lost_;
+      deadline = stop_deadline_;
+    }
+    if (!connected || !client_) return;
+    // Flush what is queued (stop_ makes sendQueued return, so send directly here).
+    while (Clock::now() < deadline) {
+      uint64_t id;
+      mqtt::message_ptr msg;
+      {
+        std::lock_guard lk(mu_);
+        if (out_.empty() || lost_) break;
+        id = next_op_++;
+        Op op{OpKind::Publish, gen_, std::move(out_.front()), {}, {}, false, false, {}};
+        out_.pop_front();
+        msg = mqtt::message::create(op.out.topic, op.out.payload.data(), op.out.payload.size(), s_.qos, false);
+        ops_.emplace(id, std::move(op));
+        ++pub_ops_;
+      }
+      try {
+        client_->publish(msg, opCtx(id), pub_listener_);
+      } catch (...) {
+        std::lock_guard lk(mu_);
+        auto node = ops_.extract(id);
+        if (!node.empty()) {
+          --pub_ops_;
+          out_.push_front(std::move(node.mapped().out));
+        }
+        break;
+      }
+    }
+    // Wait (bounded) for the broker to confirm what is in flight, then disconnect.
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait_until(lk, deadline, [&] { return pub_ops_ == 0 || lost_; });
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    try {
+      auto tok = client_->disconnect(static_cast<int>(std::max<long long>(0, left)));
+      tok->wait_for(std::chrono::milliseconds(std::max<long long>(100, left + 200)));
+    } catch (...) {
+    }
+    std::lock_guard lk(mu_);
+    connected_ = false;
+  }
+
+  // Everything still queued or unconfirmed at stop: FAILED (the host may resend it elsewhere).
+  void failEverything(const char* why) {
+    std::vector<uint64_t> failed;
+    size_t n = 0;
+    {
+      std::lock_guard lk(mu_);
+      for (auto& o : out_) {
+        ++n;
+        if (o.delivery_id) failed.push_back(o.delivery_id);
+      }
+      out_.clear();
+      for (auto& [id, op] : ops_)
+        if (op.kind == OpKind::Publish) {
+          ++n;
+          if (op.out.delivery_id) failed.push_back(op.out.delivery_id);
+        }
+      ops_.clear();
+      pub_ops_ = 0;
+    }
+    if (n) host_.warn("mqtt " + s_.url + ": " + why + " with " + std::to_string(n) + " publish(es) not confirmed by the broker");
+    for (uint64_t d : failed) host_.onDelivery(d, FG_DELIVERY_FAILED);
+  }
+
+  // ---- small helpers -------------------------------------------------------------------------
+
+  bool stopRequested() {
+    std::lock_guard lk(mu_);
+    return stop_;
+  }
+
+  void sleepUnlessStopped(std::chrono::milliseconds d) {
+    std::unique_lock lk(mu_);
+    cv_.wait_for(lk, d, [&] { return stop_; });
+  }
+
+  // Exponential backoff with "equal jitter": a random delay in [base/2, base].
+  int backoff(int attempt) {
+    long long base = s_.reconnect_min_ms;
+    for (int i = 0; i < attempt && base < s_.reconnect_max_ms; ++i) base *= 2;
+    return jitter(static_cast<int>(std::min<long long>(base, s_.reconnect_max_ms)));
+  }
+  int jitter(int base_ms) {
+    if (base_ms < 2) return base_ms;
+    std::uniform_int_distribution<int> d(base_ms / 2, base_ms);
+    std::lock_guard lk(rng_mu_);
+    return d(rng_);
+  }
+
+  static constexpr int kMaxAttempts = 5;
+  static constexpr int kMaxSubscriptionId = 268435455;
+
+  Settings s_;
+  PubListener pub_listener_;
+  SubListener sub_listener_;
+  UnsubListener unsub_listener_;
+  std::unique_ptr<mqtt::async_client> client_;
+
+  std::mutex rng_mu_;
+  std::mt19937 rng_;
+
+  // mu_ guards everything below up to the hold.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool started_ = false;
+  bool running_ = false;  // publish accepted
+  bool stop_ = false;
+  Clock::time_point stop_deadline_{};
+  bool connected_ = false;
+  bool lost_ = false;
+  std::string lost_reason_;
+  uint64_t gen_ = 0;
+  int version_ = kV5;
+  std::deque<Out> out_;
+  std::map<uint64_t, Op> ops_;
+  size_t pub_ops_ = 0;
+  uint64_t next_op_ = 1;
+  uint64_t next_seq_ = 1;
+  std::vector<Sub> subs_;
+  std::deque<SubOp> subops_;
+  size_t restore_pending_ = 0;
+  bool restore_failed_ = false;
+  struct BrokerSub {
+    int sid = 0;             // MQTT 5 subscription identifier
+    bool confirmed = false;  // SUBACKed on the current connection
+  };
+  std::map<std::string, BrokerSub> broker_subs_;  // by broker filter
+  int next_sid_ = 0;
+  bool sub_ids_available_ = false;
+
+  std::atomic<bool> stopping_{false};
+  std::mutex hold_mu_;
+  std::condition_variable hold_cv_;
+  std::deque<Held> hold_;
+  bool hold_full_logged_ = false;
+  uint64_t held_total_ = 0;
+  uint64_t hold_overflow_ = 0;
+
+  std::thread worker_;
+  std::thread redeliver_;
+};
+
+}  // namespace
+
+FG_DEFINE_PLUGIN(MqttPlugin, "mqtt", "0.1.0", FG_CAP_DELIVERY | FG_CAP_SUBSCRIBE_ACK, "url", "client_id", "qos",
+                 "mqtt_version", "username", "password", "topic_prefix", "tls.ca_file", "tls.cert_file", "tls.key_file",
+                 "tls.verify", "keepalive_s", "reconnect_min_ms", "reconnect_max_ms", "connect_retry",
+                 "connect_timeout_ms", "inflight_max", "queue_max", "clean_session")
