@@ -435,6 +435,7 @@ class TcpPlugin final : public sdk::Plugin {
   };
 
   bool setupTls();
+  fg_status open(std::string& up_detail);
   void run();
   // listen mode
   void accept();
@@ -606,6 +607,7 @@ void Conn::processFrames() {
       pause();
       return;
     }
+    if (phase_ != Phase::Open) return;  // the frame made the connection close (slow consumer)
     retry_delay_ms_ = 0;
     rbeg_ += 4 + size_t(rest);
     consumed = true;
@@ -822,8 +824,28 @@ bool TcpPlugin::setupTls() {
 }
 
 fg_status TcpPlugin::start() {
-  std::lock_guard lk(life_mu_);
-  if (started_) return FG_ERR_STATE;
+  std::string up_detail;
+  {
+    std::lock_guard lk(life_mu_);
+    if (started_) return FG_ERR_STATE;
+    if (const fg_status st = open(up_detail); st != FG_OK) return st;
+    started_ = running_ = true;
+  }
+  // Host callbacks outside the lock (a host may publish from inside on_state); the I/O thread
+  // starts after UP, so no session event can precede it.
+  if (cfg_.listen) {
+    host_.info("tcp: " + up_detail);
+    host_.onState(FG_STATE_UP, up_detail);
+  } else {
+    host_.onState(FG_STATE_STARTING, "connecting to " + cfg_.address.text());
+  }
+  thread_ = std::thread([this] { run(); });
+  return FG_OK;
+}
+
+// Creates the io_context, the TLS context and (listen mode) the bound acceptor; queues the
+// first accept or connect. On failure everything is released and the reason logged.
+fg_status TcpPlugin::open(std::string& up_detail) {
   io_ = std::make_unique<asio::io_context>();
   auto cleanup = [&] {
     acceptor_.reset();
@@ -834,7 +856,6 @@ fg_status TcpPlugin::start() {
     cleanup();
     return FG_ERR_INVALID_ARG;
   }
-  std::string up_detail;
   if (cfg_.listen) {
     asio::error_code ec;
     tcp::resolver resolver(*io_);
@@ -865,17 +886,9 @@ fg_status TcpPlugin::start() {
     keepalive_timer_.emplace(*io_);
     connect_timer_.emplace(*io_);
   }
-  started_ = running_ = true;
   work_.emplace(asio::make_work_guard(*io_));
-  if (cfg_.listen) {
-    host_.info("tcp: " + up_detail);
-    host_.onState(FG_STATE_UP, up_detail);
-    accept();
-  } else {
-    host_.onState(FG_STATE_STARTING, "connecting to " + cfg_.address.text());
-    asio::post(*io_, [this] { clientConnect(); });
-  }
-  thread_ = std::thread([this] { run(); });
+  if (cfg_.listen) accept();
+  else asio::post(*io_, [this] { clientConnect(); });
   return FG_OK;
 }
 

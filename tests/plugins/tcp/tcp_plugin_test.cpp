@@ -1,7 +1,12 @@
 // Tests of libfingate-tcp.so through the C ABI: real sockets on 127.0.0.1, real plugin
 // instances (listen and connect mode talking to each other), a real TLS certificate made
 // with `openssl req`. No timing assertions: every wait is bounded and polls for a condition.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <string>
@@ -119,6 +124,46 @@ TEST(TcpListen, ReportsBoundPortAndAcceptsClients) {
   FrameClient c(n->port);
   ASSERT_TRUE(c.connected());
   EXPECT_TRUE(c.barrier());
+}
+
+// Reads exactly n bytes from fd (bounded wait); fewer on timeout or close.
+std::string readExactly(int fd, size_t n, std::chrono::milliseconds timeout = 5s) {
+  std::string out;
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (out.size() < n) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, int(left.count())) <= 0) break;
+    char buf[4096];
+    const ssize_t got = ::recv(fd, buf, std::min(sizeof buf, n - out.size()), 0);
+    if (got <= 0) break;
+    out.append(buf, size_t(got));
+  }
+  return out;
+}
+
+// The exact bytes the gateway writes for a register on "soarca": the hex dump in
+// docs/transports.md ("Example: a register frame") is this frame.
+TEST(TcpListen, RegisterFrameBytesMatchTheDocumentedDump) {
+  auto n = startListener();
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(n->port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const std::string hello = FrameClient::encode(FrameClient::Subscribe, "soarca", "") + FrameClient::encode(FrameClient::Ping, "", "b");
+  ASSERT_EQ(::send(fd, hello.data(), hello.size(), 0), ssize_t(hello.size()));
+  EXPECT_EQ(readExactly(fd, 8), std::string("\x00\x00\x00\x04\x05\x00\x00" "b", 8));  // the pong
+  const std::string reg = vectorBytes("01-a-register.json");
+  ASSERT_EQ(reg.size(), 928u);
+  ASSERT_EQ(n->publish("soarca", reg), FG_OK);
+  const std::string frame = readExactly(fd, 941);
+  ::close(fd);
+  ASSERT_EQ(frame.size(), 941u);
+  // 00 00 03 a9 | 01 | 00 06 | "soarca" | payload
+  EXPECT_EQ(frame.substr(0, 13), std::string("\x00\x00\x03\xa9\x01\x00\x06soarca", 13));
+  EXPECT_EQ(frame.substr(13), reg);
 }
 
 TEST(TcpListen, ClientPublishReachesHostWithSession) {
@@ -333,6 +378,7 @@ TEST(TcpListen, FramingErrorsCloseOnlyThatConnection) {
     EXPECT_NE(e->payload.find(std::string(R"({"error":")") + bad.error + "\""), std::string::npos) << e->payload;
     EXPECT_NE(e->payload.find(R"("detail":")"), std::string::npos) << e->payload;
     EXPECT_TRUE(c.waitClosed());
+    c.close();  // the gateway half-closed and waits (bounded) for our EOF
     EXPECT_TRUE(waitFor([&] { return n->hasSession(id, FG_SESSION_CLOSED); }));
     // The other client is unaffected.
     ASSERT_TRUE(good.publish("soarca", bad.name));
@@ -510,6 +556,24 @@ TEST(TcpConnect, GatewayToGatewayAndResubscribeAfterRestart) {
     else b.host.next();  // the marker behind it
   }
   EXPECT_TRUE(stopped);
+}
+
+TEST(TcpConnect, KeepaliveDetectsASilentServer) {
+  auto a = startListener();
+  Node b({{"connect", "127.0.0.1:" + std::to_string(a->port)}, {"keepalive_ms", "100"}, {"reconnect_max_ms", "200"}});
+  ASSERT_EQ(b.inst->start(), FG_OK);
+  ASSERT_TRUE(b.host.waitState(FG_STATE_UP));
+  // A's host stops taking messages: A holds B's publish and reads nothing more from B,
+  // so B's keepalive pings go unanswered.
+  a->host.retry_budget = 1000000000;
+  ASSERT_EQ(b.publish("soarca", "held"), FG_OK);
+  ASSERT_TRUE(b.host.waitState(FG_STATE_DOWN));
+  EXPECT_NE(b.host.stateDetail(FG_STATE_DOWN).find("keepalive"), std::string::npos) << b.host.stateDetail(FG_STATE_DOWN);
+  a->host.retry_budget = 0;  // the held message is taken (never dropped), B comes back
+  auto m = a->host.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->payload, "held");
+  EXPECT_TRUE(b.host.waitState(FG_STATE_RECONNECTED));
 }
 
 TEST(TcpConnect, QueueIsBoundedWhileDisconnected) {
