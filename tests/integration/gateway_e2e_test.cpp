@@ -238,3 +238,37 @@ TEST(GatewayCli, PluginsListsWhatLoads) {
 }
 
 }  // namespace
+
+namespace {
+
+// One stuck endpoint (a TCP connect-mode endpoint whose peer is gone) must not stall delivery
+// to another target of the same source; what cannot be queued for it is dead-lettered and counted.
+TEST(GatewayIsolation, StuckEndpointDoesNotStallTheOthers) {
+  int dead = freePort();  // nobody listens here
+  GatewayProcess gw("isolation", "queue_capacity: 50\nendpoints:\n"
+                                 "  in: { plugin: tcp, role: bridge, listen: \"127.0.0.1:0\" }\n"
+                                 "  ok: { plugin: tcp, role: bridge, listen: \"127.0.0.1:0\" }\n"
+                                 "  stuck: { plugin: tcp, role: bridge, required: false, connect: \"127.0.0.1:" +
+                                     std::to_string(dead) +
+                                     "\", max_outbound_bytes: 1024 }\n"
+                                     "routes:\n"
+                                     "  - { from: { endpoint: in, topic: \"#\" }, to: { endpoint: stuck } }\n"
+                                     "  - { from: { endpoint: in, topic: \"#\" }, to: { endpoint: ok } }\n");
+  ASSERT_TRUE(gw.start({"in", "ok"})) << gw.log();
+  FrameClient sub(gw.port("ok")), pub(gw.port("in"));
+  ASSERT_TRUE(sub.subscribe("#"));
+  ASSERT_TRUE(sub.barrier());
+  const int n = 400;
+  std::string payload(512, 'x');
+  for (int i = 0; i < n; ++i) ASSERT_TRUE(pub.publish("t/" + std::to_string(i), payload));
+  for (int i = 0; i < n; ++i) {
+    auto f = sub.recv(10s);
+    ASSERT_TRUE(f) << "message " << i << " never arrived\n" << gw.log();
+    ASSERT_EQ(f->topic, "t/" + std::to_string(i));  // in order
+  }
+  auto dl = httpGet(gw.adminPort(), "/v1/dead-letters").body;
+  EXPECT_NE(dl.find("\"queue_full\""), std::string::npos) << dl;
+  EXPECT_EQ(httpGet(gw.adminPort(), "/readyz").status, 200);  // stuck is not required
+}
+
+}  // namespace

@@ -393,9 +393,12 @@ inline std::string_view tokenOf(od::value& v) { return trimTrailingWs(v.raw_json
 
 // Validates any JSON value without converting it (see the header comment).
 bool skipValue(Ctx& c, od::value& v, const Path* p, int depth) {
-  if (!c.deep) return true;  // left to on-demand's skip (see the header comment)
   od::json_type t;
+  // Even when on-demand skips the value, it must start like a value: a stray closer here (`"x":]`)
+  // would make on-demand's bracket counting end the enclosing container early and accept an
+  // unbalanced document.
   if (auto e = v.type().get(t)) return c.syntax(e, p);
+  if (!c.deep) return true;  // the rest is left to on-demand's skip (see the header comment)
   switch (t) {
     case od::json_type::object:
       return forEachField(c, v, p, depth + 1, [&](std::string_view, od::value& fv, const Path* fp) {
@@ -944,8 +947,11 @@ void parseImpl(ParseResult& out, const char* data, size_t len, size_t capacity, 
     return;
   }
   const char* buf = data;
-  // No copy on the fast path: the caller's buffer is readable far enough past the end.
-  if (capacity < len || capacity - len < simdjson::SIMDJSON_PADDING || data == nullptr) {
+  // No copy on the fast path: the caller's buffer is readable far enough past the end. One
+  // exception: when the byte after the text is '}', simdjson checks the balance of the whole
+  // document before iterating, so an unbalanced message would fail before its message_id is read;
+  // copying (padding with spaces) keeps the result independent of the caller's spare bytes.
+  if (data == nullptr || capacity < len || capacity - len < simdjson::SIMDJSON_PADDING || data[len] == '}') {
     buf = tl_copy.copy(data, len);
   }
 

@@ -237,7 +237,20 @@ fg_status Endpoint::authorizeSubscribe(uint64_t session, std::string_view filter
 
 bool Endpoint::send(OutMessage&& m) {
   if (stopping_.load()) return false;
-  return outbound_.push(std::move(m), std::chrono::milliseconds(opts_.send_wait_ms));
+  // A full queue first holds the router lane back (bounded by send_wait_ms): back-pressure
+  // towards the source. If it is still full, this endpoint is overflowing: until it has
+  // drained to half, further messages for it are refused at once (dead-lettered and counted
+  // by the router) so that one stuck endpoint cannot stall the lane for every other target.
+  if (overflow_.load(std::memory_order_relaxed)) {
+    if (outbound_.size() > outbound_.capacity() / 2) return false;
+    overflow_ = false;
+    spdlog::info("endpoint {}: outbound queue drained, accepting again", cfg_.name);
+  }
+  if (outbound_.push(std::move(m), std::chrono::milliseconds(opts_.send_wait_ms))) return true;
+  if (!overflow_.exchange(true))
+    spdlog::warn("endpoint {}: outbound queue full for {} ms; dead-lettering its messages until it drains",
+                 cfg_.name, opts_.send_wait_ms);
+  return false;
 }
 
 bool Endpoint::subscribe(const std::string& filter, uint64_t sub_id) {

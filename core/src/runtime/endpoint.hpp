@@ -97,6 +97,7 @@ class Endpoint final : public PluginHost, public RouterOutput {
   BoundedQueue<OutMessage> outbound_;
   std::thread lane_, dispatcher_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> overflow_{false};  // outbound queue stayed full; refusing until half drained
   std::atomic<bool> started_{false};
   std::atomic<fg_state> state_{FG_STATE_STOPPED};
   mutable std::mutex detail_mu_;
