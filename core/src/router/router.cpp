@@ -478,6 +478,9 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
   }
   const fin::Routing& r = parsed.msg;
   if (is_soarca) {
+    // A register on the orchestrator's side is a fin living there, talking to SOARCA directly:
+    // none of the gateway's fins needs it.
+    if (r.type == fin::MsgType::Register) return Outcome::Done;
     if (r.type == fin::MsgType::Unregister) applyUnregister(r);
     bool any = false;
     for (auto& e : eps)

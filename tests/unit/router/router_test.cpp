@@ -213,6 +213,14 @@ TEST_F(RouterTest, UnregisterCapabilityAndAll) {
   EXPECT_TRUE(orch.subscribed("soarca"));
 }
 
+TEST_F(RouterTest, RegistersOfFinsLivingOnTheOrchestratorSideStayThere) {
+  router->route("orch", env("soarca", kRegister));
+  EXPECT_TRUE(fins.take().empty());
+  EXPECT_TRUE(bus.take().empty());
+  EXPECT_EQ(registry.size(), 0u);
+  EXPECT_EQ(router->deadLetters().total(), 0u);
+}
+
 TEST_F(RouterTest, UnregisterAllAsGoString) {
   registerA(7);
   router->route("orch", env("soarca", R"({"type":"unregister","message_id":"m1","capability_id":"","fin_id":"","all":"true"})"));
