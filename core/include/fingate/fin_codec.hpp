@@ -48,8 +48,9 @@ struct ParseResult {
   Routing msg;        // filled as far as it could be read (message_id may be readable on error)
 };
 
-// Parses and validates one message. `capacity` is the number of readable bytes at `data`
-// (>= len); pass len when unknown. Never throws.
+// Parses and validates one message (Validation::Routing, below). `capacity` is the number of
+// readable bytes at `data` (>= len); pass len when unknown. Never throws. Thread-safe (one
+// simdjson parser per thread).
 ParseResult parse(const char* data, size_t len, size_t capacity) noexcept;
 inline ParseResult parse(std::string_view s) noexcept { return parse(s.data(), s.size(), s.size()); }
 
@@ -73,14 +74,17 @@ void parseInto(ParseResult& out, const char* data, size_t len, size_t capacity,
                Validation validation = Validation::Routing) noexcept;
 
 // Id checks before an id becomes a topic: empty, "soarca", '+', '#', NUL or control
-// characters, or over 1024 bytes are refused. Returns an empty string when valid, else why.
+// characters (C0, DEL, C1), invalid UTF-8, or over 1024 bytes are refused. Returns an empty
+// string when valid, else why.
 std::string validateId(std::string_view id);
 
 // Compact Go-shaped {"type":"ack","message_id":"..."} / nack, with JSON escaping.
 std::string makeAck(std::string_view message_id);
 std::string makeNack(std::string_view message_id);
 
-// JSON string escaping (quotes not included), shared by every JSON writer of the core.
+// JSON string escaping (quotes not included), shared by every JSON writer of the core. As Go:
+// `"` and `\` backslashed, `<` `>` `&` and U+2028/U+2029 as \u escapes, invalid UTF-8 as
+// \ufffd, other UTF-8 raw; every control character as \u00XX (lower-case hex).
 void appendJsonEscaped(std::string& out, std::string_view s);
 
 }  // namespace fingate::fin

@@ -9,32 +9,41 @@
 //    Python fin library (pydantic models) require: a wrong JSON type where Go expects a
 //    struct/map/slice/string/bool/int, a `meta.timestamp` that is not RFC 3339, ... -> error
 //    naming the path;
-//  * validates the WHOLE payload as JSON, including the parts nobody reads.
+//  * checks that the whole payload is JSON, to the depth chosen by Validation (below).
 //
-// Why the whole payload, and how (the trade-off, see also bench/RESULTS.md):
-//   Go's json.Unmarshal scans the complete input before decoding anything, so SOARCA rejects a
-//   message with e.g. a leading-zero number or a bad escape in a field it never uses. simdjson's
-//   stage 1 already checks UTF-8, unterminated strings and raw control characters in strings for
-//   the whole buffer; on-demand then only looks at what it is asked for and skips the rest by
-//   counting brackets, which does NOT catch `{"a":[1}}`, `{"a":01}`, `{"a":tru}` or `"\x"`.
-//   So every value we do not need is walked by skipValue(): containers are iterated (this is what
-//   checks commas, colons, keys and bracket matching), number/literal tokens are checked against
-//   the JSON grammar on their raw bytes (no number conversion), and strings are only unescaped
-//   when their raw token contains a backslash (otherwise stage 1 already validated them).
-//   Measured on the captured vectors this walk costs ~20-35% over reading only the routing
-//   fields (bench/RESULTS.md), which keeps us well inside the budget, so we do not offer a
-//   "trust the rest" mode: a gateway that forwards bytes SOARCA will refuse only moves the error.
+// How much is validated -- the trade-off (numbers in bench/RESULTS.md):
+//   simdjson's stage 1 checks, for the whole buffer, UTF-8, unterminated strings and raw control
+//   characters in strings. On-demand then looks only at what it is asked for and skips the rest
+//   by counting brackets: it does not notice `[1}`, `01`, `tru`, `"\x"` or a missing comma
+//   inside a value it skips, and it would not even notice truncation if we stopped iterating once
+//   the routing fields are read. Go's json.Unmarshal rejects all of that.
+//   * Validation::Full (and every register, in both modes): skipValue() walks every value --
+//     containers are iterated (commas, colons, keys, matching brackets), number and literal tokens
+//     are checked against the JSON grammar on their raw bytes (no conversion), strings are
+//     unescaped only when their raw token holds a backslash. With the typed checks this costs
+//     about 2x simdjson's own DOM parse: fine for registers (one per fin start, and they change
+//     the gateway's bindings, so nothing invalid may get in).
+//   * Validation::Routing (default) for every other type: the typed checks on the fields Go and
+//     Python require at the top (command/result objects, their context/authentication/variables
+//     objects, meta object), and for the rest on-demand's bracket-counting skip, always to the end
+//     of the document, plus a check that every skipped value starts like a value and that nothing
+//     follows the root object. So truncation, trailing bytes, unbalanced brackets, bad UTF-8 and
+//     broken strings are still errors; token errors inside values nobody reads are not (the
+//     receiver's decoder rejects them exactly as it would without the gateway). This keeps
+//     command/result extraction at about the cost of a DOM parse and small messages well above
+//     5 M/s per core.
 //
 // Go semantics reproduced on purpose:
 //  * keys match struct fields case-insensitively (ASCII), the last duplicate wins, every duplicate
 //    is still type-checked (Go decodes each of them);
 //  * `null` for a field is a no-op (the previous/zero value stays): optional fields may be null;
 //    required ones (message_id, fin_id, capabilities, capability_id, command, result) may not;
-//  * unknown keys are ignored (but validated as JSON).
+//  * unknown keys are ignored (but validated as JSON as above).
 // Python (pydantic) requirements added on top: map entries (step, agent, variables) must be
 // objects (Go would accept null entries, pydantic does not); `all` is a bool or "true"/"false".
 // Not reproduced: Go's Unicode case folding of keys (U+017F, U+212A), Go's acceptance of
-// invalid UTF-8 (simdjson rejects it, so do we), nesting deeper than kMaxDepth (Go allows 10000).
+// invalid UTF-8 (simdjson rejects it, so do we), nesting deeper than kMaxDepth in walked values
+// (Go allows 10000).
 
 #include <fingate/fin_codec.hpp>
 
@@ -339,6 +348,11 @@ inline bool hasBackslash(std::string_view s) {
 #endif
 }
 
+inline void consumeString(od::value& v) {
+  od::raw_json_string ignored;
+  (void)v.get_raw_json_string().get(ignored);  // the token is a string: cannot fail
+}
+
 // The contents of a string value: in place when it has no escapes, else unescaped (which also
 // validates the escapes). `v` must be a string (its token starts with a quote).
 inline bool stringValue(Ctx& c, od::value& v, const Path* p, std::string_view& out) {
@@ -350,9 +364,12 @@ inline bool stringValue(Ctx& c, od::value& v, const Path* p, std::string_view& o
   std::string_view body = tok.substr(1, end - 2);
   if (!hasBackslash(body)) {
     out = body;
+    // Consume the token. Left to on-demand's skip, a string followed by ':' would be taken for a
+    // key (simdjson issue 1742) and `"k":"v":1` would pass.
+    consumeString(v);
     return true;
   }
-  if (auto e = v.get_string().get(out)) return c.syntax(e, p);
+  if (auto e = v.get_string().get(out)) return c.syntax(e, p);  // consumes
   return true;
 }
 
@@ -398,6 +415,10 @@ bool skipValue(Ctx& c, od::value& v, const Path* p, int depth) {
   // would make on-demand's bracket counting end the enclosing container early and accept an
   // unbalanced document.
   if (auto e = v.type().get(t)) return c.syntax(e, p);
+  if (t == od::json_type::string) {
+    std::string_view s;
+    return stringValue(c, v, p, s);  // validates escapes and consumes the token
+  }
   if (!c.deep) return true;  // the rest is left to on-demand's skip (see the header comment)
   switch (t) {
     case od::json_type::object:
@@ -407,11 +428,8 @@ bool skipValue(Ctx& c, od::value& v, const Path* p, int depth) {
     case od::json_type::array:
       return forEachElement(c, v, p, depth + 1,
                             [&](od::value& ev, const Path* ep) { return skipValue(c, ev, ep, depth + 1); });
-    case od::json_type::string: {
-      // Stage 1 validated UTF-8, the closing quote and raw control characters; only escapes remain.
-      std::string_view s;
-      return stringValue(c, v, p, s);
-    }
+    case od::json_type::string:
+      return true;  // handled above
     case od::json_type::number:
       if (!isJsonNumber(tokenOf(v))) return c.syntax(simdjson::NUMBER_ERROR, p);
       return true;
@@ -501,11 +519,6 @@ bool vObject(Ctx& c, od::value& v, const Path* p, int depth, OnField&& on, bool*
   return forEachField(c, v, p, depth + 1, on);
 }
 
-// An object whose unknown fields are only validated as JSON.
-inline auto genericFields(Ctx& c, int depth) {
-  return [&c, depth](std::string_view, od::value& fv, const Path* fp) { return skipValue(c, fv, fp, depth + 1); };
-}
-
 // A Go map[string]Struct: object or null; every entry must be an object (pydantic).
 template <class OnEntryField>
 bool vMapOfObjects(Ctx& c, od::value& v, const Path* p, int depth, OnEntryField&& on) {
@@ -525,7 +538,10 @@ bool vObjectShallow(Ctx& c, od::value& v, const Path* p) {
   od::json_type t;
   Got g = peekType(c, v, p, t);
   if (g != Got::Value) return g != Got::Dead;
-  if (t != od::json_type::object) c.fail(p, "expected an object");
+  if (t != od::json_type::object) {
+    c.fail(p, "expected an object");
+    return skipValue(c, v, p, 0);
+  }
   return true;
 }
 
