@@ -166,6 +166,24 @@ Settings parseSettings(const Config& cfg) {
   return s;
 }
 
+std::string hex2(int v);
+
+// The MQTT 5 DISCONNECT reasons an operator may meet, in words.
+std::string disconnectReason(int rc) {
+  const char* text = nullptr;
+  switch (rc) {
+    case 0x8B: text = "server shutting down"; break;
+    case 0x8D: text = "keep alive timeout"; break;
+    case 0x8E: text = "session taken over: another client connected with the same client_id"; break;
+    case 0x87: text = "not authorized"; break;
+    case 0x98: text = "administrative action"; break;
+    case 0x9C: text = "use another server"; break;
+    case 0x95: text = "packet too large"; break;
+    default: break;
+  }
+  return "reason " + hex2(rc) + (text ? std::string(": ") + text : "");
+}
+
 std::string versionName(int v) { return v == kV5 ? "5" : "3.1.1"; }
 
 // CONNACK codes that mean "wrong credentials" (3.1.1: 4, 5; MQTT 5: 0x86, 0x87, 0x8C).
@@ -224,7 +242,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         connectionLost(cause.empty() ? "connection lost" : "connection lost: " + cause);
       });
       client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
-        connectionLost("broker sent DISCONNECT (reason " + hex2(static_cast<int>(rc)) + ")");
+        connectionLost("broker sent DISCONNECT (" + disconnectReason(static_cast<int>(rc)) + ")");
       });
     } catch (const std::exception& e) {
       host_.error("mqtt " + s_.url + ": cannot create the client: " + e.what());
@@ -263,10 +281,10 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     }
     client_.reset();
     if (redeliver_.joinable()) redeliver_.join();
-    size_t dropped = 0;
+    size_t dropped = inbound_lost_;
     {
       std::lock_guard hl(hold_mu_);
-      dropped = hold_.size();
+      dropped += hold_.size();
       hold_.clear();
     }
     if (dropped) host_.warn("mqtt " + s_.url + ": stopped with " + std::to_string(dropped) +
@@ -308,7 +326,12 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     }
     {
       std::lock_guard lk(mu_);
-      std::erase_if(subs_, [&](const Sub& s) { return s.id == sub_id; });
+      auto old = std::find_if(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.id == sub_id; });
+      if (old != subs_.end()) {  // the same id again: replaces its filter
+        std::string old_broker = old->broker_filter;
+        subs_.erase(old);
+        forgetFilterLocked(old_broker, broker);
+      }
       subs_.push_back(Sub{sub_id, std::string(filter), broker});
       subops_.push_back(SubOp{true, broker, {sub_id}});
     }
@@ -323,14 +346,21 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       if (it == subs_.end()) return FG_OK;
       std::string broker = it->broker_filter;
       subs_.erase(it);
-      bool still_used = std::any_of(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.broker_filter == broker; });
-      if (!still_used) subops_.push_back(SubOp{false, broker, {}});
+      forgetFilterLocked(broker, "");
     }
     cv_.notify_all();
     return FG_OK;
   }
 
  private:
+  // After a subscription went away: unsubscribe its broker filter when nothing else uses it.
+  void forgetFilterLocked(const std::string& broker, const std::string& keep) {
+    if (broker == keep) return;
+    if (std::any_of(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.broker_filter == broker; })) return;
+    broker_subs_.erase(broker);
+    subops_.push_back(SubOp{false, broker, {}});
+  }
+
   struct Out {
     uint64_t seq = 0;
     std::string topic;  // with the prefix
@@ -463,6 +493,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       std::string detail = "connected to " + s_.url + " as '" + s_.client_id + "' mqtt=" + versionName(version_) +
                            (version_ == kV5 ? " no-local" : "");
       host_.info("mqtt " + detail);
+      host_.debug("mqtt " + s_.url + ": publish window " + std::to_string(window_));
       host_.onState(ever_up ? FG_STATE_RECONNECTED : FG_STATE_UP, detail);
       ever_up = true;
       serve();
@@ -528,15 +559,25 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         } catch (...) {
         }
         bool sids = true;
+        size_t receive_max = kMaxWindow;
         try {
-          const auto& props = tok->get_connect_response().get_properties();
+          mqtt::connect_response rsp = tok->get_connect_response();  // keep it: props refer into it
+          const auto& props = rsp.get_properties();
           if (props.contains(mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE))
             sids = mqtt::get<uint8_t>(props, mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) != 0;
+          if (props.contains(mqtt::property::RECEIVE_MAXIMUM))
+            receive_max = mqtt::get<uint16_t>(props, mqtt::property::RECEIVE_MAXIMUM);
         } catch (...) {
         }
         std::lock_guard lk(mu_);
         version_ = negotiated >= kV5 ? kV5 : kV311;
         sub_ids_available_ = version_ == kV5 && sids;
+        // Never hand paho more unconfirmed publishes than the broker accepts at once (MQTT 5
+        // Receive Maximum; mosquitto says 20): paho would park the rest and only look at them
+        // again when its send thread wakes up by itself, once a second.
+        // One less than the broker allows: our completion callback runs before paho frees the
+        // slot, and a send that finds the window full waits for that timer.
+        window_ = std::clamp<size_t>(version_ == kV5 ? receive_max - 1 : kMaxWindow - 1, 1, std::min(kMaxWindow - 1, s_.queue_max));
         connected_ = true;
         lost_ = false;
         lost_reason_.clear();
@@ -575,7 +616,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     o.set_keep_alive_interval(s_.keepalive_s);
     o.set_connect_timeout(std::max(1, (s_.connect_timeout_ms + 999) / 1000));
     o.set_automatic_reconnect(false);
-    o.set_max_inflight(static_cast<int>(std::min<size_t>(s_.queue_max, 65535)));
+    o.set_max_inflight(static_cast<int>(kMaxWindow));  // the plugin keeps its own, smaller window
     if (!s_.username.empty()) o.set_user_name(s_.username);
     if (s_.has_password) o.set_password(s_.password);
     if (s_.tls) {
@@ -585,7 +626,14 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       if (!s_.key_file.empty()) ssl.set_private_key(s_.key_file);
       ssl.set_enable_server_cert_auth(s_.verify);
       ssl.set_verify(s_.verify);
-      ssl.set_error_handler([this](const std::string& err) { host_.warn("mqtt " + s_.url + ": TLS: " + err); });
+      ssl.set_error_handler([this](const std::string& err) {
+        {
+          std::lock_guard lk(tls_mu_);
+          if (err == last_tls_error_) return;  // once per distinct error, not per retry
+          last_tls_error_ = err;
+        }
+        host_.warn("mqtt " + s_.url + ": TLS: " + err);
+      });
       o.set_ssl(std::move(ssl));
     }
     return o;
@@ -597,10 +645,11 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     {
       std::lock_guard lk(mu_);
       subops_.clear();  // everything current is restored below
+      std::map<std::string_view, size_t> index;  // broker filter -> its group, in first-use order
       for (const auto& s : subs_) {
-        auto it = std::find_if(groups.begin(), groups.end(), [&](const SubOp& g) { return g.broker_filter == s.broker_filter; });
-        if (it == groups.end()) groups.push_back(SubOp{true, s.broker_filter, {s.id}});
-        else it->ids.push_back(s.id);
+        auto [it, fresh] = index.emplace(s.broker_filter, groups.size());
+        if (fresh) groups.push_back(SubOp{true, s.broker_filter, {}});
+        groups[it->second].ids.push_back(s.id);
       }
       restore_pending_ = groups.size();
       restore_failed_ = false;
@@ -635,7 +684,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       std::vector<SubOp> ops;
       {
         std::unique_lock lk(mu_);
-        cv_.wait_until(lk, next_sweep, [&] { return stop_ || lost_ || !out_.empty() || !subops_.empty(); });
+        cv_.wait_until(lk, next_sweep,
+                       [&] { return stop_ || lost_ || (!out_.empty() && pub_ops_ < window_) || !subops_.empty(); });
         if (stop_ || lost_) return;
         if (Clock::now() >= next_sweep) {
           requeueFailedLocked(false);
@@ -652,15 +702,16 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     }
   }
 
-  // Sends out_ in order. Stops at the first message paho will not take now.
-  void sendQueued() {
+  // Sends out_ in order, as far as the window allows. Stops at the first message paho will not
+  // take now. `flushing`: called by stop() (stop_ is set).
+  void sendQueued(bool flushing = false) {
     while (true) {
       uint64_t id;
       mqtt::message_ptr msg;
       int version;
       {
         std::lock_guard lk(mu_);
-        if (out_.empty() || stop_ || lost_ || !connected_) return;
+        if (out_.empty() || (stop_ && !flushing) || lost_ || !connected_ || pub_ops_ >= window_) return;
         id = next_op_++;
         Op op{OpKind::Publish, gen_, std::move(out_.front()), {}, {}, false, false, {}};
         out_.pop_front();
@@ -679,7 +730,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         client_->publish(msg, opCtx(id), pub_listener_);
       } catch (const mqtt::exception& e) {
         int rc = e.get_return_code();
-        uint64_t failed_delivery = 0;
+        uint64_t failed_delivery = 0;  // 0: none to report
         bool requeued = false;
         {
           std::lock_guard lk(mu_);
@@ -689,7 +740,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
             Out o = std::move(node.mapped().out);
             if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT) --o.attempts;  // busy
             if (isDefinitivePublishFailure(rc, 0) || o.attempts > kMaxAttempts) {
-              failed_delivery = o.delivery_id ? o.delivery_id : UINT64_MAX;
+              failed_delivery = o.delivery_id;
               host_.error("mqtt " + s_.url + ": publish to '" + o.topic + "' failed: " + e.what());
             } else {
               out_.push_front(std::move(o));
@@ -697,11 +748,11 @@ class MqttPlugin final : public fingate::sdk::Plugin {
             }
           }
         }
-        if (failed_delivery && failed_delivery != UINT64_MAX) host_.onDelivery(failed_delivery, FG_DELIVERY_FAILED);
+        if (failed_delivery) host_.onDelivery(failed_delivery, FG_DELIVERY_FAILED);
         if (requeued) {
           // Paho will not take it now (disconnecting, window full): try again shortly.
           std::unique_lock lk(mu_);
-          cv_.wait_for(lk, 20ms, [&] { return stop_ || lost_; });
+          cv_.wait_for(lk, 20ms, [&] { return (stop_ && !flushing) || lost_; });
           return;
         }
       }
@@ -747,8 +798,6 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     uint64_t id;
     {
       std::lock_guard lk(mu_);
-      if (std::none_of(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.broker_filter == broker_filter; }))
-        broker_subs_.erase(broker_filter);
       id = next_op_++;
       ops_.emplace(id, Op{OpKind::Unsubscribe, gen_, {}, broker_filter, {}, false, false, {}});
     }
@@ -799,11 +848,13 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     std::vector<uint64_t> confirmed;
     std::string filter;
     bool refused = false;
+    bool restore = false;
     int code = 0;
     {
       std::lock_guard lk(mu_);
       auto it = ops_.find(id);
       if (it == ops_.end() || it->second.kind != OpKind::Subscribe) return;
+      restore = it->second.restore;
       Op op = std::move(it->second);
       ops_.erase(it);
       filter = op.filter;
@@ -829,7 +880,6 @@ class MqttPlugin final : public fingate::sdk::Plugin {
           return;
         }
       }
-      if (op.restore && restore_pending_ > 0) --restore_pending_;
       if (!refused)
         if (auto bs = broker_subs_.find(filter); bs != broker_subs_.end()) bs->second.confirmed = true;
       if (!refused)
@@ -837,12 +887,16 @@ class MqttPlugin final : public fingate::sdk::Plugin {
           if (std::any_of(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.id == sid && s.broker_filter == filter; }))
             confirmed.push_back(sid);
     }
-    cv_.notify_all();
-    if (refused) {
+    if (refused)
       host_.error("mqtt " + s_.url + ": the broker refused the subscription to '" + filter + "' (reason " + hex2(code) + ")");
-      return;
-    }
     for (uint64_t sid : confirmed) host_.onState(FG_STATE_SUBSCRIBED, std::to_string(sid));
+    if (restore) {
+      // Only now: the worker reports RECONNECTED when the last one is counted, and every
+      // SUBSCRIBED must come before it.
+      std::lock_guard lk(mu_);
+      if (restore_pending_ > 0) --restore_pending_;
+    }
+    cv_.notify_all();
   }
 
   void unsubscribeDone(const mqtt::token& t, bool ok) {
@@ -870,7 +924,11 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   // ---- inbound -----------------------------------------------------------------------------
 
   void onInbound(const mqtt::const_message_ptr& m) {
-    if (!m || stopping_) return;
+    if (!m) return;
+    if (stopping_) {  // stop() is disconnecting; counted in its "lost" warning
+      ++inbound_lost_;
+      return;
+    }
     const std::string& full = m->get_topic();
     if (full.compare(0, s_.prefix.size(), s_.prefix) != 0) {
       host_.warn("mqtt " + s_.url + ": message on '" + full + "' outside topic_prefix '" + s_.prefix + "' ignored");
@@ -943,7 +1001,10 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       hold_cv_.wait_for(lk, 1s, [&] { return stopping_ || hold_.size() < s_.inflight_max; });
       if (hold_.size() >= s_.inflight_max && !stopping_) ++hold_overflow_;
     }
-    if (stopping_) return;
+    if (stopping_) {
+      ++inbound_lost_;
+      return;
+    }
     hold_.push_back(Held{sub_id, std::string(topic), std::string(payload.data(), payload.size()), std::move(headers), now_ms});
     ++held_total_;
     lk.unlock();
@@ -1041,31 +1102,14 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       deadline = stop_deadline_;
     }
     if (!connected || !client_) return;
-    // Flush what is queued (stop_ makes sendQueued return, so send directly here).
+    // Flush what is queued, within the broker's window.
     while (Clock::now() < deadline) {
-      uint64_t id;
-      mqtt::message_ptr msg;
       {
-        std::lock_guard lk(mu_);
+        std::unique_lock lk(mu_);
         if (out_.empty() || lost_) break;
-        id = next_op_++;
-        Op op{OpKind::Publish, gen_, std::move(out_.front()), {}, {}, false, false, {}};
-        out_.pop_front();
-        msg = mqtt::message::create(op.out.topic, op.out.payload.data(), op.out.payload.size(), s_.qos, false);
-        ops_.emplace(id, std::move(op));
-        ++pub_ops_;
+        if (!cv_.wait_until(lk, deadline, [&] { return lost_ || pub_ops_ < window_; }) || lost_) break;
       }
-      try {
-        client_->publish(msg, opCtx(id), pub_listener_);
-      } catch (...) {
-        std::lock_guard lk(mu_);
-        auto node = ops_.extract(id);
-        if (!node.empty()) {
-          --pub_ops_;
-          out_.push_front(std::move(node.mapped().out));
-        }
-        break;
-      }
+      sendQueued(true);
     }
     // Wait (bounded) for the broker to confirm what is in flight, then disconnect.
     {
@@ -1132,6 +1176,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
 
   static constexpr int kMaxAttempts = 5;
   static constexpr int kMaxSubscriptionId = 268435455;
+  static constexpr size_t kMaxWindow = 65535;
 
   Settings s_;
   PubListener pub_listener_;
@@ -1139,6 +1184,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   UnsubListener unsub_listener_;
   std::unique_ptr<mqtt::async_client> client_;
 
+  std::mutex tls_mu_;
+  std::string last_tls_error_;
   std::mutex rng_mu_;
   std::mt19937 rng_;
 
@@ -1154,6 +1201,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   std::string lost_reason_;
   uint64_t gen_ = 0;
   int version_ = kV5;
+  size_t window_ = 1;  // publishes in flight at most (see connectOnce)
   std::deque<Out> out_;
   std::map<uint64_t, Op> ops_;
   size_t pub_ops_ = 0;
@@ -1172,6 +1220,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   bool sub_ids_available_ = false;
 
   std::atomic<bool> stopping_{false};
+  std::atomic<size_t> inbound_lost_{0};
   std::mutex hold_mu_;
   std::condition_variable hold_cv_;
   std::deque<Held> hold_;

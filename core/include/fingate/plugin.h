@@ -113,7 +113,8 @@ typedef int32_t fg_state;
 #define FG_STATE_STARTING 0     /* start() called, not yet usable */
 #define FG_STATE_UP 1           /* connected / listening: publishes can succeed */
 #define FG_STATE_DOWN 2         /* lost the broker/listener; the plugin is trying again */
-#define FG_STATE_FAILED 3       /* gave up; needs operator action (bad credentials, ...) */
+#define FG_STATE_FAILED 3       /* needs operator action (bad credentials, ...); the plugin may
+                                   keep retrying slowly and report UP once it is fixed */
 #define FG_STATE_STOPPED 4      /* stop() finished */
 #define FG_STATE_SUBSCRIBED 5   /* a subscription was confirmed by the broker; detail = the
                                    decimal sub_id (used for subscribe-before-forward) */
