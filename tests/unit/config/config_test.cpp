@@ -514,3 +514,33 @@ TEST(ConfigTest, ShippedConfigsAreValid) {
   EXPECT_TRUE(wildcard);
   for (const auto& ep : b.endpoints) EXPECT_EQ(ep.role, Role::Bridge) << ep.name;
 }
+
+namespace {
+
+TEST(ConfigTestCompat, CompatAndRegisterReplay) {
+  auto cfg = fingate::parseConfig(
+      "register_replay: 5m\nendpoints:\n  f: { plugin: mqtt, role: fins, compat: python-fin, url: x }\n", "c.yaml");
+  EXPECT_EQ(cfg.register_replay_s, 300u);
+  EXPECT_EQ(cfg.endpoints[0].compat, "python-fin");
+  EXPECT_TRUE(cfg.endpoints[0].options.size() == 1 && cfg.endpoints[0].options[0].key == "url");
+  EXPECT_EQ(fingate::parseConfig("register_replay: 0\nendpoints:\n  f: { plugin: tcp, role: fins }\n", "c.yaml")
+                .register_replay_s,
+            0u);
+  try {
+    fingate::parseConfig("endpoints:\n  o: { plugin: mqtt, role: orchestrator, compat: python-fin }\n", "c.yaml");
+    FAIL() << "compat on an orchestrator endpoint was accepted";
+  } catch (const fingate::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("c.yaml:2:42: endpoints.o.compat: applies to fins endpoints only"),
+              std::string::npos)
+        << e.what();
+  }
+  try {
+    fingate::parseConfig("register_replay: soon\nendpoints:\n  f: { plugin: tcp, role: fins }\n", "c.yaml");
+    FAIL() << "a bad duration was accepted";
+  } catch (const fingate::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("c.yaml:1:18: register_replay: expected a duration"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
