@@ -13,6 +13,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstring>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -432,7 +433,15 @@ std::shared_ptr<PluginLibrary> loadBuiltPlugin(const std::string& name) {
 }
 
 std::string vectorBytes(const std::string& file) {
-  std::string s = readFile(std::string(FINGATE_VECTORS_DIR) + "/" + file);
+  std::string path = std::string(FINGATE_VECTORS_DIR) + "/" + file;
+  if (!std::filesystem::exists(path)) {
+    std::fprintf(stderr,
+                 "test vector %s is missing: ../shared/protocol/vectors must sit beside the repository "
+                 "(or configure with -DFINGATE_VECTORS_DIR=...)\n",
+                 path.c_str());
+    std::abort();
+  }
+  std::string s = readFile(path);
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
   return s;
 }
