@@ -51,6 +51,7 @@
 #include <thread>
 #include <vector>
 
+#include "../plugins/mqtt/tcp_nodelay.hpp"
 #include "gateway_process.hpp"
 #include "mosquitto.hpp"
 
@@ -147,28 +148,8 @@ struct OtherLoad {
 // algorithm: a QoS 0 publisher then waits for the broker's delayed ACK (up to ~40 ms) before it
 // sends the next small segment. The benchmark's clients must not add that to every path, so after
 // each connect every TCP socket of this process gets TCP_NODELAY (the brokers get set_tcp_nodelay).
-// fingate's own MQTT connections are left as the plugin makes them.
-void setNoDelayOnOwnSockets() {
-  DIR* d = ::opendir("/proc/self/fd");
-  if (!d) return;
-  while (dirent* e = ::readdir(d)) {
-    char* end = nullptr;
-    long fd = std::strtol(e->d_name, &end, 10);
-    if (*end != '\0' || fd < 0 || fd == ::dirfd(d)) continue;
-    struct stat st {};
-    if (::fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    int type = 0;
-    socklen_t len = sizeof type;
-    if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) continue;
-    sockaddr_storage a{};
-    socklen_t alen = sizeof a;
-    if (::getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&a), &alen) != 0) continue;
-    if (a.ss_family != AF_INET && a.ss_family != AF_INET6) continue;
-    int one = 1;
-    ::setsockopt(static_cast<int>(fd), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
-  ::closedir(d);
-}
+// (The gateway's MQTT plugin does the same for its own connections, with the same helper.)
+void setNoDelayOnOwnSockets() { fingate::setTcpNoDelayToPort(0); }
 
 // ---- subscriber ---------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@
 // >= 0x80, a message paho cannot send) or for what is still queued when stop() gives up.
 #include <fingate/plugin_sdk.hpp>
 #include <fingate/topic.hpp>
+#include "tcp_nodelay.hpp"
 
 #include <mqtt/async_client.h>
 
@@ -53,6 +54,7 @@ enum class VersionMode { Auto, V311, V5 };
 struct Settings {
   std::string url;       // as configured (for messages)
   std::string paho_url;  // tcp://host:port or ssl://host:port
+  int port = 0;
   bool tls = false;
   std::string client_id;
   int qos = 1;
@@ -121,6 +123,7 @@ void parseUrl(const std::string& url, Settings& s) {
   long p = std::strtol(port.c_str(), &end, 10);
   if (*end != '\0' || p < 1 || p > 65535) throw ConfigError("url", "bad port '" + port + "' in '" + url + "'");
   s.url = url;
+  s.port = static_cast<int>(p);
   s.paho_url = std::string(s.tls ? "ssl" : "tcp") + "://" + host + ":" + std::to_string(p);
 }
 
@@ -274,6 +277,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     }
     hold_cv_.notify_all();
     if (worker_.joinable()) worker_.join();
+    // A publish() still inside sendQueued finishes first; later ones see stop_.
+    { std::lock_guard sl(send_mu_); }
     // The worker disconnected (or gave up); no more callbacks once the client is gone.
     try {
       if (client_) client_->disable_callbacks();
@@ -305,12 +310,23 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     for (size_t i = 0; i < m.header_count && m.headers; ++i)
       o.headers.emplace_back(std::string(view(m.headers[i].key)), std::string(view(m.headers[i].value)));
     o.delivery_id = delivery_id;
+    bool send_now;
     {
       std::lock_guard lk(mu_);
       if (!running_) return FG_ERR_STATE;
       if (out_.size() + pub_ops_ >= s_.queue_max) return FG_RETRY;
       o.seq = next_seq_++;
+      send_now = out_.empty() && connected_ && !lost_ && !stop_ && pub_ops_ < window_ && subops_.empty();
       out_.push_back(std::move(o));
+    }
+    if (send_now) {
+      // The common case: hand it to paho on the caller's thread (no wake-up of the worker).
+      // send_mu_ keeps the order of hand-overs; if the worker holds it, the worker sends it.
+      std::unique_lock sl(send_mu_, std::try_to_lock);
+      if (sl.owns_lock()) {
+        sendQueued(false, true);
+        return FG_OK;
+      }
     }
     cv_.notify_all();
     return FG_OK;
@@ -478,7 +494,10 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         sleepUnlessStopped(std::chrono::milliseconds(delay_ms));
         continue;
       }
-      // Connected: every subscription first, then UP/RECONNECTED, then the queued publishes.
+      // Connected: Nagle off (see tcp_nodelay.hpp), every subscription, then UP/RECONNECTED,
+      // then the queued publishes.
+      int nodelay = fingate::setTcpNoDelayToPort(s_.port);
+      host_.debug("mqtt " + s_.url + ": TCP_NODELAY set on " + std::to_string(nodelay) + " socket(s)");
       if (!restoreSubscriptions(reason)) {
         if (stopRequested()) break;
         dropConnection(reason);
@@ -698,13 +717,15 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         if (op.subscribe) sendSubscribe(op, false);
         else sendUnsubscribe(op.broker_filter);
       }
+      std::lock_guard sl(send_mu_);
       sendQueued();
     }
   }
 
   // Sends out_ in order, as far as the window allows. Stops at the first message paho will not
-  // take now. `flushing`: called by stop() (stop_ is set).
-  void sendQueued(bool flushing = false) {
+  // take now. `flushing`: called by stop() (stop_ is set). `caller`: on the host's thread from
+  // publish(), which must not wait. The caller holds send_mu_.
+  void sendQueued(bool flushing = false, bool caller = false) {
     while (true) {
       uint64_t id;
       mqtt::message_ptr msg;
@@ -751,6 +772,10 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         if (failed_delivery) host_.onDelivery(failed_delivery, FG_DELIVERY_FAILED);
         if (requeued) {
           // Paho will not take it now (disconnecting, window full): try again shortly.
+          if (caller) {
+            cv_.notify_all();  // the worker retries
+            return;
+          }
           std::unique_lock lk(mu_);
           cv_.wait_for(lk, 20ms, [&] { return (stop_ && !flushing) || lost_; });
           return;
@@ -816,6 +841,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     uint64_t id = opId(t);
     uint64_t delivery = 0;
     fg_delivery status = FG_DELIVERY_OK;
+    bool wake;
     {
       std::lock_guard lk(mu_);
       auto it = ops_.find(id);
@@ -837,9 +863,13 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       }
       delivery = op.out.delivery_id;
       ops_.erase(it);
+      // Wake the worker only when it can do something now: the window was full and messages
+      // wait, or stop() waits for the window to empty. (Waking on every PUBACK cost a context
+      // switch per message.)
+      wake = stop_ || (pub_ops_ >= window_ && !out_.empty());
       --pub_ops_;
     }
-    cv_.notify_all();  // stop() waits for pub_ops_ to reach 0
+    if (wake) cv_.notify_all();
     if (delivery) host_.onDelivery(delivery, status);
   }
 
@@ -1050,6 +1080,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
 
   // After a drop: publishes that were not confirmed go back to the front of the queue, in order.
   void dropConnection(const std::string& reason) {
+    std::lock_guard sl(send_mu_);  // no publish() hands anything to paho meanwhile
     bool was_connected;
     {
       std::lock_guard lk(mu_);
@@ -1109,6 +1140,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         if (out_.empty() || lost_) break;
         if (!cv_.wait_until(lk, deadline, [&] { return lost_ || pub_ops_ < window_; }) || lost_) break;
       }
+      std::lock_guard sl(send_mu_);
       sendQueued(true);
     }
     // Wait (bounded) for the broker to confirm what is in flight, then disconnect.
@@ -1203,6 +1235,9 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   int version_ = kV5;
   size_t window_ = 1;  // publishes in flight at most (see connectOnce)
   std::deque<Out> out_;
+  // Serialises handing publishes to paho (worker or publish() on the host's thread) and
+  // dropping the connection. Taken before mu_, never while holding it.
+  std::mutex send_mu_;
   std::map<uint64_t, Op> ops_;
   size_t pub_ops_ = 0;
   uint64_t next_op_ = 1;

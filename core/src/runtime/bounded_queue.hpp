@@ -59,6 +59,11 @@ class BoundedQueue {
     not_full_.notify_all();
     idle_.notify_all();
   }
+  // Nothing queued and the consumer holds nothing it popped.
+  bool idle() const {
+    std::lock_guard lk(mu_);
+    return items_.empty() && !busy_;
+  }
   size_t size() const {
     std::lock_guard lk(mu_);
     return items_.size();

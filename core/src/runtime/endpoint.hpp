@@ -3,13 +3,12 @@
 // -> plugin.publish, retried on FG_RETRY).
 #pragma once
 
-#include <fingate/config.hpp>
-#include <fingate/plugin_loader.hpp>
-#include <fingate/router.hpp>
-
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <fingate/config.hpp>
+#include <fingate/plugin_loader.hpp>
+#include <fingate/router.hpp>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -42,8 +41,7 @@ struct EndpointStats {
 
 class Endpoint final : public PluginHost, public RouterOutput {
  public:
-  Endpoint(const EndpointConfig& cfg, std::shared_ptr<PluginLibrary> lib, Router& router,
-           const EndpointOptions& opts);
+  Endpoint(const EndpointConfig& cfg, std::shared_ptr<PluginLibrary> lib, Router& router, const EndpointOptions& opts);
   ~Endpoint() override;
 
   const std::string& name() const { return cfg_.name; }
@@ -60,7 +58,10 @@ class Endpoint final : public PluginHost, public RouterOutput {
 
   fg_state state() const { return state_.load(); }
   std::string stateDetail() const;
-  bool up() const { auto s = state_.load(); return s == FG_STATE_UP || s == FG_STATE_RECONNECTED; }
+  bool up() const {
+    auto s = state_.load();
+    return s == FG_STATE_UP || s == FG_STATE_RECONNECTED;
+  }
   size_t inboundDepth() const { return inbound_.size(); }
   size_t outboundDepth() const { return outbound_.size(); }
   const EndpointStats& stats() const { return stats_; }
@@ -86,6 +87,8 @@ class Endpoint final : public PluginHost, public RouterOutput {
   using InItem = std::variant<Envelope, SessionClosed, Replay>;
   void laneLoop();
   void dispatchLoop();
+  // Hands one message to the plugin (caller holds publish_mu_); counts it when taken.
+  fg_status publishOnce(const OutMessage& m);
   void recordLatency(int64_t ingress_ns);
 
   EndpointConfig cfg_;
@@ -107,6 +110,9 @@ class Endpoint final : public PluginHost, public RouterOutput {
   std::condition_variable confirm_cv_;
   std::set<uint64_t> confirmed_;
   std::atomic<uint64_t> next_delivery_{1};
+  // Held while a message is handed to the plugin's publish: by the dispatcher, or by a router
+  // lane that publishes directly because nothing is queued (see send()).
+  std::mutex publish_mu_;
   EndpointStats stats_;
 };
 

@@ -6,6 +6,9 @@
 #include "test_support.hpp"
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/tcp.h>
+#include <sys/stat.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -381,6 +384,49 @@ TEST(MqttPlugin, BrokerKilledAndRestartedEverySubscriptionRestored) {
   ASSERT_EQ(got.size(), 2u) << ha.allLogs();
   EXPECT_EQ(got["after-a"], 1u);
   EXPECT_EQ(got["after-b"], 2u);
+}
+
+// This process's TCP sockets connected to `port`, each with its TCP_NODELAY value.
+std::vector<int> noDelayOfSocketsTo(int port) {
+  std::vector<int> out;
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return out;
+  while (dirent* e = ::readdir(d)) {
+    int fd = std::atoi(e->d_name);
+    struct stat st {};
+    if (fd <= 2 || fd == ::dirfd(d) || ::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_in a{};
+    socklen_t len = sizeof a;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0 || a.sin_family != AF_INET ||
+        ntohs(a.sin_port) != port)
+      continue;
+    int v = -1;
+    socklen_t vl = sizeof v;
+    if (::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vl) == 0) out.push_back(v);
+  }
+  ::closedir(d);
+  return out;
+}
+
+// paho never sets TCP_NODELAY; the plugin does, on every (re)connect, or a small publish waits
+// for the broker's delayed ACK (tens of ms at QoS 0).
+TEST(MqttPlugin, ConnectionsHaveNagleOffAlsoAfterAReconnect) {
+  Mosquitto broker;
+  Host h;
+  auto p = up(h, broker.url());
+  auto v = noDelayOfSocketsTo(broker.port());
+  ASSERT_EQ(v.size(), 1u) << "one connection to the broker expected";
+  EXPECT_NE(v[0], 0) << "TCP_NODELAY not set";
+
+  broker.kill9();
+  ASSERT_TRUE(h.waitFor(FG_STATE_DOWN)) << h.allLogs();
+  size_t down_at = static_cast<size_t>(h.find(FG_STATE_DOWN));
+  broker.restart();
+  ASSERT_TRUE(h.waitFor(FG_STATE_RECONNECTED, "", down_at)) << h.allLogs();
+  v = noDelayOfSocketsTo(broker.port());
+  ASSERT_EQ(v.size(), 1u);
+  EXPECT_NE(v[0], 0) << "TCP_NODELAY not set on the new connection";
+  EXPECT_EQ(p->stop(2000), FG_OK);
 }
 
 TEST(MqttPlugin, InFlightPublishesSurviveABrokerRestart) {

@@ -1,0 +1,53 @@
+// TCP_NODELAY for sockets that a library opened without a hook to set it.
+//
+// libpaho-mqtt3as never calls setsockopt (it imports only getsockopt), so its connections keep
+// Nagle's algorithm: a small publish waits for the peer's delayed ACK (up to ~40 ms on Linux)
+// whenever one is already unacknowledged. Paho offers no socket callback, so after a connect
+// the caller finds the process's TCP sockets whose peer port is the broker's and sets the
+// option on them. Setting it on another connection to a broker on that port is harmless.
+#pragma once
+
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+
+namespace fingate {
+
+// peer_port 0: every TCP socket of the process. Returns how many sockets got the option.
+inline int setTcpNoDelayToPort(int peer_port) {
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return 0;
+  int n = 0;
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    long fd = std::strtol(e->d_name, &end, 10);
+    if (*end != '\0' || end == e->d_name || fd < 0 || fd == ::dirfd(d)) continue;
+    const int f = static_cast<int>(fd);
+    struct stat st {};
+    if (::fstat(f, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (::getsockopt(f, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) continue;
+    sockaddr_storage a{};
+    socklen_t alen = sizeof a;
+    if (::getpeername(f, reinterpret_cast<sockaddr*>(&a), &alen) != 0) continue;
+    int port;
+    if (a.ss_family == AF_INET)
+      port = ntohs(reinterpret_cast<sockaddr_in*>(&a)->sin_port);
+    else if (a.ss_family == AF_INET6)
+      port = ntohs(reinterpret_cast<sockaddr_in6*>(&a)->sin6_port);
+    else
+      continue;
+    if (peer_port && port != peer_port) continue;
+    int one = 1;
+    if (::setsockopt(f, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0) ++n;
+  }
+  ::closedir(d);
+  return n;
+}
+
+}  // namespace fingate
