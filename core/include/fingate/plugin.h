@@ -218,8 +218,9 @@ typedef struct fg_plugin {
   /* Sends msg (BORROWED: copy before returning). Must not block on the network: queue
    * and return. FG_RETRY = queue full, the host keeps the message and retries later.
    * delivery_id != 0 asks for an on_delivery callback (FG_CAP_DELIVERY plugins).
-   * Called from one host dispatcher thread per instance (never concurrently for one
-   * instance). */
+   * Called from host threads (the instance's dispatcher, or a router lane that publishes
+   * directly while nothing is queued for the instance), never concurrently for one
+   * instance; the calling thread may differ from call to call. */
   fg_status (*publish)(fg_instance* inst, const fg_message* msg, uint64_t delivery_id);
 
   /* Subscribes the instance to an MQTT-style filter (`+` one level, `#` the rest, levels
