@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -16,8 +17,8 @@ struct FinBinding {
   std::string endpoint;  // the fins-side endpoint name
   uint64_t session = 0;  // the client session on session transports; 0 = none / restored
   std::vector<std::string> capabilities;
-  bool acked = false;          // the orchestrator acked the register
-  int64_t registered_at = 0;   // Unix seconds
+  bool acked = false;         // the orchestrator acked the register
+  int64_t registered_at = 0;  // Unix seconds
   std::string register_message_id;
   std::string register_payload;  // the register's bytes, as received (for replay)
   bool restored = false;         // loaded from the state file, no live session yet
@@ -61,12 +62,14 @@ class Registry {
   void save() const;  // logs (does not throw) on I/O errors
 
  private:
+  // Removes (and returns) every binding pred selects; saves when any went.
+  std::vector<FinBinding> removeIf(const std::function<bool(const FinBinding&)>& pred);
   void saveLocked() const;
   std::vector<std::string> indexAdd(const FinBinding& b);
   void indexRemove(const FinBinding& b);
   mutable std::mutex mu_;
-  std::map<std::string, FinBinding> fins_;        // fin_id -> binding
-  std::map<std::string, std::string> by_topic_;   // fin id / capability id -> fin_id
+  std::map<std::string, FinBinding> fins_;       // fin_id -> binding
+  std::map<std::string, std::string> by_topic_;  // fin id / capability id -> fin_id
   std::string state_file_;
 };
 

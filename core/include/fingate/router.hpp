@@ -7,14 +7,14 @@
 // lanes of different endpoints run concurrently. Every other method is thread-safe.
 #pragma once
 
-#include <fingate/config.hpp>
-#include <fingate/message.hpp>
 #include <fingate/plugin.h>
-#include <fingate/registry.hpp>
 
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <fingate/config.hpp>
+#include <fingate/message.hpp>
+#include <fingate/registry.hpp>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -24,6 +24,9 @@
 #include <vector>
 
 namespace fingate {
+namespace fin {
+struct ParseResult;
+}  // namespace fin
 
 // What the router needs from an endpoint. Implemented by the runtime (a plugin instance
 // with its outbound queue) and by tests.
@@ -59,9 +62,9 @@ struct DeadLetter {
   std::string endpoint;
   std::string topic;
   uint64_t session = 0;
-  std::string reason;  // short, stable: a metric label
-  std::string detail;  // one human line
-  std::string payload; // first 4 KiB
+  std::string reason;   // short, stable: a metric label
+  std::string detail;   // one human line
+  std::string payload;  // first 4 KiB
   size_t payload_bytes = 0;
 };
 
@@ -154,6 +157,10 @@ class Router {
   std::shared_ptr<RouterEndpoint> find(const EndpointList& eps, const std::string& name) const;
 
   enum class Outcome { NotFinTraffic, Done };
+  // Fin traffic (the `soarca` topic or a bound id), parsed; nullptr with `outcome` set when it
+  // is not fin traffic or was rejected here.
+  const fin::ParseResult* finTraffic(RouterEndpoint& src, Envelope& m, std::optional<FinBinding>& owner,
+                                     Outcome& outcome);
   Outcome fromFins(const EndpointList& eps, RouterEndpoint& src, Envelope& m);
   Outcome fromOrchestrator(const EndpointList& eps, RouterEndpoint& src, Envelope& m);
   bool routeStatic(const EndpointList& eps, RouterEndpoint& src, const Envelope& m);
@@ -173,7 +180,8 @@ class Router {
   void release(const std::string& endpoint, const std::string& filter);
   // Subscribes/unsubscribes a binding's topics where the gateway must hear them.
   bool subscribeBinding(const EndpointList& eps, const FinBinding& b);
-  void unsubscribeTopics(const EndpointList& eps, const std::string& fins_endpoint, const std::vector<std::string>& topics);
+  void unsubscribeTopics(const EndpointList& eps, const std::string& fins_endpoint,
+                         const std::vector<std::string>& topics);
   void unsubscribeBindings(const std::vector<FinBinding>& removed);
 
   Registry& registry_;

@@ -1,6 +1,4 @@
 #include <fcntl.h>
-#include <fingate/fin_codec.hpp>
-#include <fingate/registry.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -10,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fingate/fin_codec.hpp>
+#include <fingate/registry.hpp>
 #include <stdexcept>
 
 namespace fingate {
@@ -145,11 +145,11 @@ std::optional<FinBinding> Registry::removeCapability(const std::string& capabili
   return after;
 }
 
-std::vector<FinBinding> Registry::removeEndpoint(const std::string& endpoint) {
+std::vector<FinBinding> Registry::removeIf(const std::function<bool(const FinBinding&)>& pred) {
   std::lock_guard lk(mu_);
   std::vector<FinBinding> out;
   for (auto it = fins_.begin(); it != fins_.end();) {
-    if (it->second.endpoint == endpoint) {
+    if (pred(it->second)) {
       out.push_back(it->second);
       indexRemove(it->second);
       it = fins_.erase(it);
@@ -161,20 +161,12 @@ std::vector<FinBinding> Registry::removeEndpoint(const std::string& endpoint) {
   return out;
 }
 
+std::vector<FinBinding> Registry::removeEndpoint(const std::string& endpoint) {
+  return removeIf([&](const FinBinding& b) { return b.endpoint == endpoint; });
+}
+
 std::vector<FinBinding> Registry::removeSession(const std::string& endpoint, uint64_t session) {
-  std::lock_guard lk(mu_);
-  std::vector<FinBinding> out;
-  for (auto it = fins_.begin(); it != fins_.end();) {
-    if (it->second.endpoint == endpoint && it->second.session == session && !it->second.restored) {
-      out.push_back(it->second);
-      indexRemove(it->second);
-      it = fins_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  if (!out.empty()) saveLocked();
-  return out;
+  return removeIf([&](const FinBinding& b) { return b.endpoint == endpoint && b.session == session && !b.restored; });
 }
 
 std::vector<FinBinding> Registry::removeAll() {

@@ -1,11 +1,11 @@
-#include <fingate/fin_codec.hpp>
-#include <fingate/fin_compat.hpp>
-#include <fingate/router.hpp>
-#include <fingate/topic.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
+#include <fingate/fin_codec.hpp>
+#include <fingate/fin_compat.hpp>
+#include <fingate/router.hpp>
+#include <fingate/topic.hpp>
 #include <functional>
 
 namespace fingate {
@@ -290,8 +290,7 @@ void Router::deadLetter(const std::string& src, const Envelope& m, const std::st
   d.detail = detail;
   d.payload_bytes = m.payload.size();
   d.payload = m.payload.substr(0, kDeadLetterPayloadMax);
-  if (logAllowed(reason + src))
-    spdlog::warn("dead letter from {} topic '{}': {} ({})", src, m.topic, reason, detail);
+  if (logAllowed(reason + src)) spdlog::warn("dead letter from {} topic '{}': {} ({})", src, m.topic, reason, detail);
   dead_letters_.add(std::move(d));
 }
 
@@ -319,11 +318,12 @@ void Router::route(const std::string& src_name, Envelope&& m) {
       return;
     }
     Outcome o = Outcome::NotFinTraffic;
-    if (src->role == Role::Fins) o = fromFins(*eps, *src, m);
-    else if (src->role == Role::Orchestrator) o = fromOrchestrator(*eps, *src, m);
+    if (src->role == Role::Fins)
+      o = fromFins(*eps, *src, m);
+    else if (src->role == Role::Orchestrator)
+      o = fromOrchestrator(*eps, *src, m);
     if (o == Outcome::Done) return;
-    if (!routeStatic(*eps, *src, m))
-      deadLetter(src->name, m, "unroutable", "no binding or route for this topic");
+    if (!routeStatic(*eps, *src, m)) deadLetter(src->name, m, "unroutable", "no binding or route for this topic");
   } catch (const std::exception& e) {
     spdlog::error("router: unexpected error routing from {}: {}", src_name, e.what());
   }
@@ -345,18 +345,31 @@ bool Router::routeStatic(const EndpointList& eps, RouterEndpoint& src, const Env
   return any;
 }
 
-Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, Envelope& m) {
-  bool is_soarca = m.topic == kSoarca;
-  std::optional<FinBinding> owner;
-  if (!is_soarca) {
+const fin::ParseResult* Router::finTraffic(RouterEndpoint& src, Envelope& m, std::optional<FinBinding>& owner,
+                                           Outcome& outcome) {
+  if (m.topic != kSoarca) {
     owner = registry_.lookup(m.topic);
-    if (!owner) return Outcome::NotFinTraffic;
+    if (!owner) {
+      outcome = Outcome::NotFinTraffic;
+      return nullptr;
+    }
   }
   fin::ParseResult& parsed = parseOnce(m);
   if (!parsed.ok) {
     reject(src, m, "invalid_message", parsed.error, &parsed.msg);
-    return Outcome::Done;
+    outcome = Outcome::Done;
+    return nullptr;
   }
+  return &parsed;
+}
+
+Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, Envelope& m) {
+  bool is_soarca = m.topic == kSoarca;
+  std::optional<FinBinding> owner;
+  Outcome early{};
+  const fin::ParseResult* p = finTraffic(src, m, owner, early);
+  if (!p) return early;
+  const fin::ParseResult& parsed = *p;
   if (is_soarca) {
     if (parsed.msg.type == fin::MsgType::Register) {
       handleRegister(eps, src, m, parsed.msg);
@@ -432,7 +445,8 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
   auto prev = registry_.lookup(r.fin_id);
   auto gone = registry_.bind(b);
   if (!gone.empty()) unsubscribeTopics(eps, prev ? prev->endpoint : b.endpoint, gone);
-  if (!prev) subscribeBinding(eps, b);
+  if (!prev)
+    subscribeBinding(eps, b);
   else {
     // Re-register: acquire only what the previous binding did not already hold.
     FinBinding delta = b;
@@ -440,7 +454,8 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
     delta.capabilities.clear();
     for (auto& c : b.capabilities)
       if (std::find(old_topics.begin(), old_topics.end(), c) == old_topics.end()) delta.capabilities.push_back(c);
-    if (prev->endpoint != b.endpoint) subscribeBinding(eps, b);
+    if (prev->endpoint != b.endpoint)
+      subscribeBinding(eps, b);
     else if (!delta.capabilities.empty()) {
       for (auto& e : eps) {
         bool here = e->role == Role::Orchestrator || (e->name == b.endpoint && !e->sessions);
@@ -474,15 +489,10 @@ void Router::applyUnregister(const fin::Routing& r) {
 Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint& src, Envelope& m) {
   bool is_soarca = m.topic == kSoarca;
   std::optional<FinBinding> owner;
-  if (!is_soarca) {
-    owner = registry_.lookup(m.topic);
-    if (!owner) return Outcome::NotFinTraffic;
-  }
-  fin::ParseResult& parsed = parseOnce(m);
-  if (!parsed.ok) {
-    reject(src, m, "invalid_message", parsed.error, &parsed.msg);
-    return Outcome::Done;
-  }
+  Outcome early{};
+  const fin::ParseResult* p = finTraffic(src, m, owner, early);
+  if (!p) return early;
+  const fin::ParseResult& parsed = *p;
   const fin::Routing& r = parsed.msg;
   if (is_soarca) {
     // A register on the orchestrator's side is a fin living there, talking to SOARCA directly:
@@ -544,8 +554,10 @@ bool Router::takeReplayed(const std::string& message_id) {
   std::lock_guard lk(replay_mu_);
   int64_t now = steadyMs();
   for (auto it = replayed_.begin(); it != replayed_.end();) {
-    if (it->second < now) it = replayed_.erase(it);
-    else ++it;
+    if (it->second < now)
+      it = replayed_.erase(it);
+    else
+      ++it;
   }
   return replayed_.erase(message_id) != 0;
 }
@@ -571,7 +583,8 @@ void Router::replayRegisters(const std::string& orchestrator) {
       ++n;
     }
   }
-  if (n) spdlog::info("replayed {} stored register(s) to {}", n, orchestrator.empty() ? "the orchestrators" : orchestrator);
+  if (n)
+    spdlog::info("replayed {} stored register(s) to {}", n, orchestrator.empty() ? "the orchestrators" : orchestrator);
 }
 
 void Router::sessionClosed(const std::string& endpoint, uint64_t session) {
@@ -582,8 +595,10 @@ void Router::endpointRemoved(const std::string& endpoint) {
   unsubscribeBindings(registry_.removeEndpoint(endpoint));
   std::lock_guard lk(subs_mu_);
   for (auto it = subs_.begin(); it != subs_.end();) {
-    if (it->first.first == endpoint) it = subs_.erase(it);
-    else ++it;
+    if (it->first.first == endpoint)
+      it = subs_.erase(it);
+    else
+      ++it;
   }
 }
 
