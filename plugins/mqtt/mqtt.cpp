@@ -20,6 +20,7 @@
 #include <fingate/plugin_sdk.hpp>
 #include <fingate/topic.hpp>
 #include "tcp_nodelay.hpp"
+#include "tls_probe.hpp"
 
 #include <mqtt/async_client.h>
 
@@ -54,6 +55,7 @@ enum class VersionMode { Auto, V311, V5 };
 struct Settings {
   std::string url;       // as configured (for messages)
   std::string paho_url;  // tcp://host:port or ssl://host:port
+  std::string host;
   int port = 0;
   bool tls = false;
   std::string client_id;
@@ -123,6 +125,7 @@ void parseUrl(const std::string& url, Settings& s) {
   long p = std::strtol(port.c_str(), &end, 10);
   if (*end != '\0' || p < 1 || p > 65535) throw ConfigError("url", "bad port '" + port + "' in '" + url + "'");
   s.url = url;
+  s.host = host;
   s.port = static_cast<int>(p);
   s.paho_url = std::string(s.tls ? "ssl" : "tcp") + "://" + host + ":" + std::to_string(p);
 }
@@ -611,6 +614,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       }
       bool version_refused = connack == 1 || connack == 0x84;
       bool tcp_failed = msg.find("TCP/TLS connect failure") != std::string::npos;
+      if (tcp_failed && s_.tls) msg += tlsReason();
       reason = "connect to " + s_.url + " (mqtt " + versionName(v) + ") failed: " + msg +
                (connack ? " (CONNACK " + hex2(connack) + ")" : "");
       if (v == kV5 && i + 1 < versions.size() && (version_refused || (!tcp_failed && !connack))) {
@@ -620,6 +624,20 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       return ConnectResult::Failed;
     }
     return ConnectResult::Failed;
+  }
+
+  // After paho's "TCP/TLS connect failure" on a TLS url: OpenSSL's reason, as "; TLS: ...".
+  std::string tlsReason() const {
+    fingate::mqtt_tls::ProbeOptions o;
+    o.host = s_.host;
+    o.port = s_.port;
+    o.ca_file = s_.ca_file;
+    o.cert_file = s_.cert_file;
+    o.key_file = s_.key_file;
+    o.verify = s_.verify;
+    o.timeout_ms = std::clamp(s_.connect_timeout_ms, 500, 3000);
+    std::string why = fingate::mqtt_tls::handshakeError(o);
+    return why.empty() ? "" : "; TLS: " + why;
   }
 
   mqtt::connect_options connectOptions(int v) {
@@ -645,14 +663,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       if (!s_.key_file.empty()) ssl.set_private_key(s_.key_file);
       ssl.set_enable_server_cert_auth(s_.verify);
       ssl.set_verify(s_.verify);
-      ssl.set_error_handler([this](const std::string& err) {
-        {
-          std::lock_guard lk(tls_mu_);
-          if (err == last_tls_error_) return;  // once per distinct error, not per retry
-          last_tls_error_ = err;
-        }
-        host_.warn("mqtt " + s_.url + ": TLS: " + err);
-      });
+      // No ssl.set_error_handler: in paho-mqtt-cpp 1.2 it is called on a dead object (see
+      // tls_probe.hpp); a failed TLS connect is explained by tlsReason() instead.
       o.set_ssl(std::move(ssl));
     }
     return o;
@@ -1216,8 +1228,6 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   UnsubListener unsub_listener_;
   std::unique_ptr<mqtt::async_client> client_;
 
-  std::mutex tls_mu_;
-  std::string last_tls_error_;
   std::mutex rng_mu_;
   std::mt19937 rng_;
 

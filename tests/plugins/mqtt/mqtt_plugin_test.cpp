@@ -595,6 +595,7 @@ TEST(MqttPlugin, TlsRoundTripWithCaFile) {
   ASSERT_TRUE(hc.waitFor(FG_STATE_DOWN)) << hc.allLogs();
   EXPECT_LT(hc.find(FG_STATE_UP), 0) << hc.allLogs();
   EXPECT_TRUE(hc.hasLog("certificate verify failed")) << hc.allLogs();
+  EXPECT_NE(hc.stateDetail(FG_STATE_DOWN).find("TLS: certificate verify failed"), std::string::npos) << hc.allLogs();
 }
 
 // ---- back-pressure -------------------------------------------------------------------------
