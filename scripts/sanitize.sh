@@ -18,6 +18,6 @@ fi
 if [[ $what == all || $what == tsan ]]; then
   cmake -S . -B build-tsan "${common[@]}" -DFINGATE_TSAN=ON >/dev/null
   ninja -C build-tsan -j2
-  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp \
     ctest --test-dir build-tsan -j2 --output-on-failure --timeout 600 -L 'unit|plugin|integration'
 fi

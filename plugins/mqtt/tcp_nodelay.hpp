@@ -5,6 +5,11 @@
 // whenever one is already unacknowledged. Paho offers no socket callback, so after a connect
 // the caller finds the process's TCP sockets whose peer port is the broker's and sets the
 // option on them. Setting it on another connection to a broker on that port is harmless.
+//
+// Other threads open and close descriptors meanwhile, so a number read from /proc may be closed
+// or reused by the time it is looked at: every call on it then fails or sets TCP_NODELAY on
+// another TCP socket to the same port, both harmless (nothing is read, written or closed).
+// ThreadSanitizer reports these as races on the descriptor (see tests/tsan.supp).
 #pragma once
 
 #include <dirent.h>
@@ -14,11 +19,14 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <mutex>
 
 namespace fingate {
 
 // peer_port 0: every TCP socket of the process. Returns how many sockets got the option.
 inline int setTcpNoDelayToPort(int peer_port) {
+  static std::mutex one_scan_at_a_time;  // a scan must not trip over another scan's DIR
+  std::lock_guard lk(one_scan_at_a_time);
   DIR* d = ::opendir("/proc/self/fd");
   if (!d) return 0;
   int n = 0;
