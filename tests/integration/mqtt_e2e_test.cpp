@@ -214,7 +214,9 @@ TEST_F(MqttE2E, ReRegisterAndReplayAfterRestarts) {
   auto m = fin.recvOn(kCap, 10s);  // the fin did nothing and still gets the command
   ASSERT_TRUE(got(m, kCmdAuth));
   auto stray = fin.recv(300ms);  // the fin never hears the answer to a replay
-  if (stray) EXPECT_NE(stray->topic, kFin) << stray->payload;
+  if (stray) {
+    EXPECT_NE(stray->topic, kFin) << stray->payload;
+  }
 }
 
 // kill -9 of the fins-side broker mid-stream: reconnect, resubscribe learned topics, go on.

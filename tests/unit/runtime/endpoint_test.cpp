@@ -20,7 +20,10 @@ TEST(Endpoint, DirectAndQueuedPublishesKeepTheSourceOrder) {
   cfg.name = "lb";
   cfg.plugin = "loopback";
   // Room for one message: publish answers FG_RETRY whenever the plugin's worker lags.
-  cfg.options.push_back(KeyValue{"capacity", "1"});
+  KeyValue capacity;
+  capacity.key = "capacity";
+  capacity.value = "1";
+  cfg.options.push_back(capacity);
   EndpointOptions opts;
   opts.queue_capacity = 100000;
   auto ep = std::make_shared<Endpoint>(cfg, loadBuiltPlugin("loopback"), router, opts);
