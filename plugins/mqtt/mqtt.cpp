@@ -736,7 +736,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
 
   // Sends out_ in order, as far as the window allows. Stops at the first message paho will not
   // take now. `flushing`: called by stop() (stop_ is set). `caller`: on the host's thread from
-  // publish(), which must not wait. The caller holds send_mu_.
+  // publish(), which must neither wait nor call back into the host: what paho refuses goes back
+  // to the queue for the worker, which retries or reports it. The caller holds send_mu_.
   void sendQueued(bool flushing = false, bool caller = false) {
     while (true) {
       uint64_t id;
@@ -771,8 +772,9 @@ class MqttPlugin final : public fingate::sdk::Plugin {
           if (!node.empty()) {
             --pub_ops_;
             Out o = std::move(node.mapped().out);
-            if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT) --o.attempts;  // busy
-            if (isDefinitivePublishFailure(rc, 0) || o.attempts > kMaxAttempts) {
+            if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT || caller)
+              --o.attempts;  // busy; or on the host's thread: the worker decides (and reports) below
+            if (!caller && (isDefinitivePublishFailure(rc, 0) || o.attempts > kMaxAttempts)) {
               failed_delivery = o.delivery_id;
               host_.error("mqtt " + s_.url + ": publish to '" + o.topic + "' failed: " + e.what());
             } else {
