@@ -6,14 +6,15 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -72,8 +73,27 @@ bool waitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeou
 Process::Process(const std::vector<std::string>& argv, const std::string& log_path,
                  const std::map<std::string, std::string>& env)
     : log_path_(log_path) {
+  // Everything the child needs is built before fork(): between fork and exec only
+  // async-signal-safe calls (other threads of this process may hold malloc's locks).
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    std::string kv(*e);
+    if (!env.count(kv.substr(0, kv.find('=')))) env_strings.push_back(std::move(kv));
+  }
+  for (auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  const pid_t parent = ::getpid();
   pid_ = ::fork();
   if (pid_ == 0) {
+    // Dies with the test process even when that one is killed or aborts (a sanitizer's
+    // halt_on_error skips every destructor): no orphaned brokers or gateways.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
     int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) {
       ::dup2(fd, 1);
@@ -83,12 +103,11 @@ Process::Process(const std::vector<std::string>& argv, const std::string& log_pa
     int devnull = ::open("/dev/null", O_RDONLY);
     if (devnull >= 0) ::dup2(devnull, 0);
     ::setpgid(0, 0);
-    for (auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    std::fprintf(stderr, "execv %s failed: %s\n", args[0], std::strerror(errno));
+    ::execve(args[0], args.data(), envp.data());
+    static const char msg[] = "execve failed: ";
+    (void)!::write(2, msg, sizeof msg - 1);
+    (void)!::write(2, args[0], std::strlen(args[0]));
+    (void)!::write(2, "\n", 1);
     ::_exit(127);
   }
 }
@@ -311,9 +330,12 @@ bool FrameClient::barrier(std::chrono::milliseconds timeout) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     std::optional<Frame> f;
-    if (auto p = popFrame()) f = p;
-    else if (readSome(left)) continue;
-    else if (peer_closed_) f = popFrame();
+    if (auto p = popFrame())
+      f = p;
+    else if (readSome(left))
+      continue;
+    else if (peer_closed_)
+      f = popFrame();
     if (!f) {
       if (peer_closed_) break;
       continue;
@@ -352,8 +374,11 @@ fg_status RecordingHost::onMessage(uint64_t sub_id, const fg_message& msg) {
     retry_budget--;
     return FG_RETRY;
   }
-  Msg m{sub_id, std::string(msg.topic.data, msg.topic.len), std::string(msg.payload.data, msg.payload.len),
-        msg.session, {}};
+  Msg m{sub_id,
+        std::string(msg.topic.data, msg.topic.len),
+        std::string(msg.payload.data, msg.payload.len),
+        msg.session,
+        {}};
   for (size_t i = 0; i < msg.header_count; ++i)
     m.headers.emplace_back(std::string(msg.headers[i].key.data, msg.headers[i].key.len),
                            std::string(msg.headers[i].value.data, msg.headers[i].value.len));
