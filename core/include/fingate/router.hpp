@@ -161,8 +161,10 @@ class Router {
   // is not fin traffic or was rejected here.
   const fin::ParseResult* finTraffic(RouterEndpoint& src, Envelope& m, std::optional<FinBinding>& owner,
                                      Outcome& outcome);
-  Outcome fromFins(const EndpointList& eps, RouterEndpoint& src, Envelope& m);
-  Outcome fromOrchestrator(const EndpointList& eps, RouterEndpoint& src, Envelope& m);
+  Outcome fromFins(const EndpointList& eps, RouterEndpoint& src, Envelope& m, const fin::ParseResult& parsed,
+                   const std::optional<FinBinding>& owner);
+  Outcome fromOrchestrator(const EndpointList& eps, RouterEndpoint& src, Envelope& m, const fin::ParseResult& parsed,
+                           const std::optional<FinBinding>& owner);
   bool routeStatic(const EndpointList& eps, RouterEndpoint& src, const Envelope& m);
   void handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelope& m, const fin::Routing& r);
   void applyUnregister(const fin::Routing& r);

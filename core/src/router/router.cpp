@@ -318,10 +318,12 @@ void Router::route(const std::string& src_name, Envelope&& m) {
       return;
     }
     Outcome o = Outcome::NotFinTraffic;
-    if (src->role == Role::Fins)
-      o = fromFins(*eps, *src, m);
-    else if (src->role == Role::Orchestrator)
-      o = fromOrchestrator(*eps, *src, m);
+    if (src->role == Role::Fins || src->role == Role::Orchestrator) {
+      std::optional<FinBinding> owner;
+      if (const fin::ParseResult* parsed = finTraffic(*src, m, owner, o))
+        o = src->role == Role::Fins ? fromFins(*eps, *src, m, *parsed, owner)
+                                    : fromOrchestrator(*eps, *src, m, *parsed, owner);
+    }
     if (o == Outcome::Done) return;
     if (!routeStatic(*eps, *src, m)) deadLetter(src->name, m, "unroutable", "no binding or route for this topic");
   } catch (const std::exception& e) {
@@ -363,13 +365,9 @@ const fin::ParseResult* Router::finTraffic(RouterEndpoint& src, Envelope& m, std
   return &parsed;
 }
 
-Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, Envelope& m) {
-  bool is_soarca = m.topic == kSoarca;
-  std::optional<FinBinding> owner;
-  Outcome early{};
-  const fin::ParseResult* p = finTraffic(src, m, owner, early);
-  if (!p) return early;
-  const fin::ParseResult& parsed = *p;
+Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, Envelope& m,
+                                 const fin::ParseResult& parsed, const std::optional<FinBinding>& owner) {
+  const bool is_soarca = m.topic == kSoarca;
   if (is_soarca) {
     if (parsed.msg.type == fin::MsgType::Register) {
       handleRegister(eps, src, m, parsed.msg);
@@ -486,13 +484,9 @@ void Router::applyUnregister(const fin::Routing& r) {
   unsubscribeBindings(removed);
 }
 
-Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint& src, Envelope& m) {
-  bool is_soarca = m.topic == kSoarca;
-  std::optional<FinBinding> owner;
-  Outcome early{};
-  const fin::ParseResult* p = finTraffic(src, m, owner, early);
-  if (!p) return early;
-  const fin::ParseResult& parsed = *p;
+Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint& src, Envelope& m,
+                                         const fin::ParseResult& parsed, const std::optional<FinBinding>& owner) {
+  const bool is_soarca = m.topic == kSoarca;
   const fin::Routing& r = parsed.msg;
   if (is_soarca) {
     // A register on the orchestrator's side is a fin living there, talking to SOARCA directly:
