@@ -13,8 +13,8 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
-#include <cstdlib>
 #include <cstring>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -330,12 +330,9 @@ bool FrameClient::barrier(std::chrono::milliseconds timeout) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     std::optional<Frame> f;
-    if (auto p = popFrame())
-      f = p;
-    else if (readSome(left))
-      continue;
-    else if (peer_closed_)
-      f = popFrame();
+    if (auto p = popFrame()) f = p;
+    else if (readSome(left)) continue;
+    else if (peer_closed_) f = popFrame();
     if (!f) {
       if (peer_closed_) break;
       continue;
@@ -374,11 +371,8 @@ fg_status RecordingHost::onMessage(uint64_t sub_id, const fg_message& msg) {
     retry_budget--;
     return FG_RETRY;
   }
-  Msg m{sub_id,
-        std::string(msg.topic.data, msg.topic.len),
-        std::string(msg.payload.data, msg.payload.len),
-        msg.session,
-        {}};
+  Msg m{sub_id, std::string(msg.topic.data, msg.topic.len), std::string(msg.payload.data, msg.payload.len),
+        msg.session, {}};
   for (size_t i = 0; i < msg.header_count; ++i)
     m.headers.emplace_back(std::string(msg.headers[i].key.data, msg.headers[i].key.len),
                            std::string(msg.headers[i].value.data, msg.headers[i].value.len));

@@ -17,8 +17,8 @@ struct FinBinding {
   std::string endpoint;  // the fins-side endpoint name
   uint64_t session = 0;  // the client session on session transports; 0 = none / restored
   std::vector<std::string> capabilities;
-  bool acked = false;         // the orchestrator acked the register
-  int64_t registered_at = 0;  // Unix seconds
+  bool acked = false;          // the orchestrator acked the register
+  int64_t registered_at = 0;   // Unix seconds
   std::string register_message_id;
   std::string register_payload;  // the register's bytes, as received (for replay)
   bool restored = false;         // loaded from the state file, no live session yet
@@ -68,8 +68,8 @@ class Registry {
   std::vector<std::string> indexAdd(const FinBinding& b);
   void indexRemove(const FinBinding& b);
   mutable std::mutex mu_;
-  std::map<std::string, FinBinding> fins_;       // fin_id -> binding
-  std::map<std::string, std::string> by_topic_;  // fin id / capability id -> fin_id
+  std::map<std::string, FinBinding> fins_;        // fin_id -> binding
+  std::map<std::string, std::string> by_topic_;   // fin id / capability id -> fin_id
   std::string state_file_;
 };
 

@@ -7,14 +7,14 @@
 // lanes of different endpoints run concurrently. Every other method is thread-safe.
 #pragma once
 
+#include <fingate/config.hpp>
+#include <fingate/message.hpp>
 #include <fingate/plugin.h>
+#include <fingate/registry.hpp>
 
 #include <atomic>
 #include <cstdint>
 #include <deque>
-#include <fingate/config.hpp>
-#include <fingate/message.hpp>
-#include <fingate/registry.hpp>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -62,9 +62,9 @@ struct DeadLetter {
   std::string endpoint;
   std::string topic;
   uint64_t session = 0;
-  std::string reason;   // short, stable: a metric label
-  std::string detail;   // one human line
-  std::string payload;  // first 4 KiB
+  std::string reason;  // short, stable: a metric label
+  std::string detail;  // one human line
+  std::string payload; // first 4 KiB
   size_t payload_bytes = 0;
 };
 
@@ -182,8 +182,7 @@ class Router {
   void release(const std::string& endpoint, const std::string& filter);
   // Subscribes/unsubscribes a binding's topics where the gateway must hear them.
   bool subscribeBinding(const EndpointList& eps, const FinBinding& b);
-  void unsubscribeTopics(const EndpointList& eps, const std::string& fins_endpoint,
-                         const std::vector<std::string>& topics);
+  void unsubscribeTopics(const EndpointList& eps, const std::string& fins_endpoint, const std::vector<std::string>& topics);
   void unsubscribeBindings(const std::vector<FinBinding>& removed);
 
   Registry& registry_;

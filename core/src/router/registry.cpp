@@ -1,4 +1,6 @@
 #include <fcntl.h>
+#include <fingate/fin_codec.hpp>
+#include <fingate/registry.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -8,8 +10,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fingate/fin_codec.hpp>
-#include <fingate/registry.hpp>
 #include <stdexcept>
 
 namespace fingate {

@@ -1,11 +1,11 @@
-#include <spdlog/spdlog.h>
-
-#include <algorithm>
-#include <chrono>
 #include <fingate/fin_codec.hpp>
 #include <fingate/fin_compat.hpp>
 #include <fingate/router.hpp>
 #include <fingate/topic.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
 #include <functional>
 
 namespace fingate {
@@ -290,7 +290,8 @@ void Router::deadLetter(const std::string& src, const Envelope& m, const std::st
   d.detail = detail;
   d.payload_bytes = m.payload.size();
   d.payload = m.payload.substr(0, kDeadLetterPayloadMax);
-  if (logAllowed(reason + src)) spdlog::warn("dead letter from {} topic '{}': {} ({})", src, m.topic, reason, detail);
+  if (logAllowed(reason + src))
+    spdlog::warn("dead letter from {} topic '{}': {} ({})", src, m.topic, reason, detail);
   dead_letters_.add(std::move(d));
 }
 
@@ -325,7 +326,8 @@ void Router::route(const std::string& src_name, Envelope&& m) {
                                     : fromOrchestrator(*eps, *src, m, *parsed, owner);
     }
     if (o == Outcome::Done) return;
-    if (!routeStatic(*eps, *src, m)) deadLetter(src->name, m, "unroutable", "no binding or route for this topic");
+    if (!routeStatic(*eps, *src, m))
+      deadLetter(src->name, m, "unroutable", "no binding or route for this topic");
   } catch (const std::exception& e) {
     spdlog::error("router: unexpected error routing from {}: {}", src_name, e.what());
   }
@@ -443,8 +445,7 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
   auto prev = registry_.lookup(r.fin_id);
   auto gone = registry_.bind(b);
   if (!gone.empty()) unsubscribeTopics(eps, prev ? prev->endpoint : b.endpoint, gone);
-  if (!prev)
-    subscribeBinding(eps, b);
+  if (!prev) subscribeBinding(eps, b);
   else {
     // Re-register: acquire only what the previous binding did not already hold.
     FinBinding delta = b;
@@ -452,8 +453,7 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
     delta.capabilities.clear();
     for (auto& c : b.capabilities)
       if (std::find(old_topics.begin(), old_topics.end(), c) == old_topics.end()) delta.capabilities.push_back(c);
-    if (prev->endpoint != b.endpoint)
-      subscribeBinding(eps, b);
+    if (prev->endpoint != b.endpoint) subscribeBinding(eps, b);
     else if (!delta.capabilities.empty()) {
       for (auto& e : eps) {
         bool here = e->role == Role::Orchestrator || (e->name == b.endpoint && !e->sessions);
@@ -548,10 +548,8 @@ bool Router::takeReplayed(const std::string& message_id) {
   std::lock_guard lk(replay_mu_);
   int64_t now = steadyMs();
   for (auto it = replayed_.begin(); it != replayed_.end();) {
-    if (it->second < now)
-      it = replayed_.erase(it);
-    else
-      ++it;
+    if (it->second < now) it = replayed_.erase(it);
+    else ++it;
   }
   return replayed_.erase(message_id) != 0;
 }
@@ -577,8 +575,7 @@ void Router::replayRegisters(const std::string& orchestrator) {
       ++n;
     }
   }
-  if (n)
-    spdlog::info("replayed {} stored register(s) to {}", n, orchestrator.empty() ? "the orchestrators" : orchestrator);
+  if (n) spdlog::info("replayed {} stored register(s) to {}", n, orchestrator.empty() ? "the orchestrators" : orchestrator);
 }
 
 void Router::sessionClosed(const std::string& endpoint, uint64_t session) {
@@ -589,10 +586,8 @@ void Router::endpointRemoved(const std::string& endpoint) {
   unsubscribeBindings(registry_.removeEndpoint(endpoint));
   std::lock_guard lk(subs_mu_);
   for (auto it = subs_.begin(); it != subs_.end();) {
-    if (it->first.first == endpoint)
-      it = subs_.erase(it);
-    else
-      ++it;
+    if (it->first.first == endpoint) it = subs_.erase(it);
+    else ++it;
   }
 }
 

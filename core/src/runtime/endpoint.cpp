@@ -13,22 +13,14 @@ int64_t steadyNs() {
 }
 const char* stateName(fg_state s) {
   switch (s) {
-    case FG_STATE_STARTING:
-      return "starting";
-    case FG_STATE_UP:
-      return "up";
-    case FG_STATE_DOWN:
-      return "down";
-    case FG_STATE_FAILED:
-      return "failed";
-    case FG_STATE_STOPPED:
-      return "stopped";
-    case FG_STATE_SUBSCRIBED:
-      return "subscribed";
-    case FG_STATE_RECONNECTED:
-      return "reconnected";
-    default:
-      return "unknown";
+    case FG_STATE_STARTING: return "starting";
+    case FG_STATE_UP: return "up";
+    case FG_STATE_DOWN: return "down";
+    case FG_STATE_FAILED: return "failed";
+    case FG_STATE_STOPPED: return "stopped";
+    case FG_STATE_SUBSCRIBED: return "subscribed";
+    case FG_STATE_RECONNECTED: return "reconnected";
+    default: return "unknown";
   }
 }
 }  // namespace
@@ -158,9 +150,9 @@ void Endpoint::dispatchLoop() {
       }
       stats_.publish_errors.fetch_add(1, std::memory_order_relaxed);
       DeadLetter d;
-      d.time_ms =
-          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-              .count();
+      d.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
       d.endpoint = cfg_.name;
       d.topic = m->topic;
       d.session = m->session;
@@ -201,10 +193,8 @@ fg_status Endpoint::onMessage(uint64_t sub_id, const fg_message& msg) {
 }
 
 void Endpoint::onDelivery(uint64_t, fg_delivery status) {
-  if (status == FG_DELIVERY_OK)
-    stats_.delivered.fetch_add(1, std::memory_order_relaxed);
-  else
-    stats_.delivery_failed.fetch_add(1, std::memory_order_relaxed);
+  if (status == FG_DELIVERY_OK) stats_.delivered.fetch_add(1, std::memory_order_relaxed);
+  else stats_.delivery_failed.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Endpoint::onState(fg_state state, std::string_view detail) {
@@ -277,8 +267,8 @@ bool Endpoint::send(OutMessage&& m) {
   }
   if (outbound_.push(std::move(m), std::chrono::milliseconds(opts_.send_wait_ms))) return true;
   if (!overflow_.exchange(true))
-    spdlog::warn("endpoint {}: outbound queue full for {} ms; dead-lettering its messages until it drains", cfg_.name,
-                 opts_.send_wait_ms);
+    spdlog::warn("endpoint {}: outbound queue full for {} ms; dead-lettering its messages until it drains",
+                 cfg_.name, opts_.send_wait_ms);
   return false;
 }
 

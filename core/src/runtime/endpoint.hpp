@@ -3,12 +3,13 @@
 // -> plugin.publish, retried on FG_RETRY).
 #pragma once
 
-#include <array>
-#include <atomic>
-#include <condition_variable>
 #include <fingate/config.hpp>
 #include <fingate/plugin_loader.hpp>
 #include <fingate/router.hpp>
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -41,7 +42,8 @@ struct EndpointStats {
 
 class Endpoint final : public PluginHost, public RouterOutput {
  public:
-  Endpoint(const EndpointConfig& cfg, std::shared_ptr<PluginLibrary> lib, Router& router, const EndpointOptions& opts);
+  Endpoint(const EndpointConfig& cfg, std::shared_ptr<PluginLibrary> lib, Router& router,
+           const EndpointOptions& opts);
   ~Endpoint() override;
 
   const std::string& name() const { return cfg_.name; }
@@ -58,10 +60,7 @@ class Endpoint final : public PluginHost, public RouterOutput {
 
   fg_state state() const { return state_.load(); }
   std::string stateDetail() const;
-  bool up() const {
-    auto s = state_.load();
-    return s == FG_STATE_UP || s == FG_STATE_RECONNECTED;
-  }
+  bool up() const { auto s = state_.load(); return s == FG_STATE_UP || s == FG_STATE_RECONNECTED; }
   size_t inboundDepth() const { return inbound_.size(); }
   size_t outboundDepth() const { return outbound_.size(); }
   const EndpointStats& stats() const { return stats_; }
