@@ -110,19 +110,13 @@ void Endpoint::recordLatency(int64_t ingress_ns) {
 }
 
 fg_status Endpoint::publishOnce(const OutMessage& m) {
-  fg_header one[4];
-  std::vector<fg_header> many;
-  fg_header* hs = one;
-  if (m.headers.size() > std::size(one)) {
-    many.resize(m.headers.size());
-    hs = many.data();
-  }
-  size_t n = 0;
-  for (auto& [k, v] : m.headers) hs[n++] = fg_header{{k.data(), k.size()}, {v.data(), v.size()}};
+  std::vector<fg_header> hs;  // no allocation without headers (the common case)
+  hs.reserve(m.headers.size());
+  for (auto& [k, v] : m.headers) hs.push_back(fg_header{{k.data(), k.size()}, {v.data(), v.size()}});
   fg_message cm{{m.topic.data(), m.topic.size()},
                 {m.payload.data(), m.payload.size()},
-                n ? hs : nullptr,
-                n,
+                hs.empty() ? nullptr : hs.data(),
+                hs.size(),
                 m.timestamp_ms,
                 m.session};
   fg_status st = instance_->publish(cm, next_delivery_++);
@@ -133,6 +127,27 @@ fg_status Endpoint::publishOnce(const OutMessage& m) {
   return st;
 }
 
+bool Endpoint::retryable(fg_status st) const {
+  return (st == FG_RETRY || st == FG_ERR_UNAVAILABLE) && !stopping_.load();
+}
+
+void Endpoint::publishFailed(const OutMessage& m, fg_status st) {
+  stats_.publish_errors.fetch_add(1, std::memory_order_relaxed);
+  DeadLetter d;
+  d.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::system_clock::now().time_since_epoch())
+                  .count();
+  d.endpoint = cfg_.name;
+  d.topic = m.topic;
+  d.session = m.session;
+  d.reason = "publish_failed";
+  d.detail = std::string("plugin refused the publish: ") + statusName(st);
+  d.payload_bytes = m.payload.size();
+  d.payload = m.payload.substr(0, 4096);
+  router_.deadLetters().add(std::move(d));
+  spdlog::warn("endpoint {}: publish to '{}' failed: {}", cfg_.name, m.topic, statusName(st));
+}
+
 void Endpoint::dispatchLoop() {
   while (auto m = outbound_.pop()) {
     std::unique_lock pl(publish_mu_);
@@ -140,29 +155,15 @@ void Endpoint::dispatchLoop() {
     while (true) {
       fg_status st = publishOnce(*m);
       if (st == FG_OK) break;
-      if ((st == FG_RETRY || st == FG_ERR_UNAVAILABLE) && !stopping_.load()) {
-        stats_.backpressure.fetch_add(1, std::memory_order_relaxed);
-        pl.unlock();
-        std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
-        pl.lock();
-        backoff_ms = std::min<uint32_t>(backoff_ms * 2, 100);
-        continue;
+      if (!retryable(st)) {
+        publishFailed(*m, st);
+        break;
       }
-      stats_.publish_errors.fetch_add(1, std::memory_order_relaxed);
-      DeadLetter d;
-      d.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::system_clock::now().time_since_epoch())
-                      .count();
-      d.endpoint = cfg_.name;
-      d.topic = m->topic;
-      d.session = m->session;
-      d.reason = "publish_failed";
-      d.detail = std::string("plugin refused the publish: ") + statusName(st);
-      d.payload_bytes = m->payload.size();
-      d.payload = m->payload.substr(0, 4096);
-      router_.deadLetters().add(std::move(d));
-      spdlog::warn("endpoint {}: publish to '{}' failed: {}", cfg_.name, m->topic, statusName(st));
-      break;
+      stats_.backpressure.fetch_add(1, std::memory_order_relaxed);
+      pl.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
+      pl.lock();
+      backoff_ms = std::min<uint32_t>(backoff_ms * 2, 100);
     }
     pl.unlock();
     outbound_.done();
@@ -260,10 +261,18 @@ bool Endpoint::send(OutMessage&& m) {
   // Nothing queued for this endpoint and its dispatcher idle: hand the message to the plugin
   // here, on the router lane (plugin publish never blocks), and save two thread hand-offs.
   // Per-source order holds: a lane publishes directly only when everything it queued before
-  // has been published. Anything but FG_OK goes the queued way (retries, dead letters).
+  // has been published. FG_RETRY goes the queued way; a refusal is dead-lettered here, as
+  // the dispatcher would.
   if (!overflow_.load(std::memory_order_relaxed)) {
     std::unique_lock pl(publish_mu_, std::try_to_lock);
-    if (pl.owns_lock() && outbound_.idle() && publishOnce(m) == FG_OK) return true;
+    if (pl.owns_lock() && outbound_.idle()) {
+      fg_status st = publishOnce(m);
+      if (st == FG_OK) return true;
+      if (!retryable(st)) {
+        publishFailed(m, st);
+        return true;  // handled: counted and dead-lettered by this endpoint
+      }
+    }
   }
   if (outbound_.push(std::move(m), std::chrono::milliseconds(opts_.send_wait_ms))) return true;
   if (!overflow_.exchange(true))

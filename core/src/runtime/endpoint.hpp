@@ -88,6 +88,10 @@ class Endpoint final : public PluginHost, public RouterOutput {
   void dispatchLoop();
   // Hands one message to the plugin (caller holds publish_mu_); counts it when taken.
   fg_status publishOnce(const OutMessage& m);
+  // Worth offering again later (full, or not connected yet) rather than dead-lettering.
+  bool retryable(fg_status st) const;
+  // The plugin refused m for good: counted, dead-lettered, logged.
+  void publishFailed(const OutMessage& m, fg_status st);
   void recordLatency(int64_t ingress_ns);
 
   EndpointConfig cfg_;

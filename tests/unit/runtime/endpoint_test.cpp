@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <thread>
 
 #include "test_support.hpp"
 
@@ -50,6 +51,36 @@ TEST(Endpoint, DirectAndQueuedPublishesKeepTheSourceOrder) {
   // Both ways were taken (otherwise this test shows nothing about the switches).
   EXPECT_GT(ep->stats().backpressure.load(), 0u);
   EXPECT_LT(ep->stats().backpressure.load(), static_cast<uint64_t>(n) * 100);
+  ep->stop(1000);
+}
+
+// A publish the plugin refuses for good (here: a topic too long for a TCP frame) is
+// dead-lettered and counted once, with its payload, never silently dropped.
+TEST(Endpoint, RefusedPublishIsDeadLetteredOnce) {
+  Registry registry;
+  Router router(registry, 100);
+  EndpointConfig cfg;
+  cfg.name = "tcp";
+  cfg.plugin = "tcp";
+  KeyValue listen;
+  listen.key = "listen";
+  listen.value = "127.0.0.1:0";
+  cfg.options.push_back(listen);
+  auto ep = std::make_shared<Endpoint>(cfg, loadBuiltPlugin("tcp"), router, EndpointOptions{});
+  router.setEndpoints({ep->routerEndpoint()});
+  ep->start();
+  OutMessage m;
+  m.topic = std::string(70000, 't');
+  m.payload = "x";
+  EXPECT_TRUE(ep->send(std::move(m)));
+  ASSERT_TRUE(waitFor([&] { return ep->stats().publish_errors.load() >= 1; }, 5s));
+  std::this_thread::sleep_for(200ms);  // a second count would show by now
+  EXPECT_EQ(ep->stats().publish_errors.load(), 1u);
+  EXPECT_EQ(ep->stats().out.load(), 0u);
+  auto dl = router.deadLetters().snapshot();
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_EQ(dl[0].reason, "publish_failed");
+  EXPECT_EQ(dl[0].payload, "x");
   ep->stop(1000);
 }
 
