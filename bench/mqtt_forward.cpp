@@ -149,8 +149,6 @@ struct OtherLoad {
 // sends the next small segment. The benchmark's clients must not add that to every path, so after
 // each connect every TCP socket of this process gets TCP_NODELAY (the brokers get set_tcp_nodelay).
 // (The gateway's MQTT plugin does the same for its own connections, with the same helper.)
-void setNoDelayOnOwnSockets() { fingate::setTcpNoDelayToPort(0); }
-
 // ---- subscriber ---------------------------------------------------------------------------------
 
 struct PhaseResult {
@@ -180,7 +178,7 @@ class Subscriber {
                     .finalize();
     cli_.connect(opts)->wait_for(10s);
     if (!cli_.is_connected()) throw std::runtime_error("subscriber could not connect to " + url);
-    setNoDelayOnOwnSockets();
+    fingate::setTcpNoDelayToPort(0);  // see above
     if (!cli_.subscribe(filter, qos)->wait_for(10s)) throw std::runtime_error("subscribe timed out on " + url);
   }
   ~Subscriber() {
@@ -289,7 +287,7 @@ class Publisher {
                     .finalize();
     cli_.connect(opts)->wait_for(10s);
     if (!cli_.is_connected()) throw std::runtime_error("publisher could not connect to " + url);
-    setNoDelayOnOwnSockets();
+    fingate::setTcpNoDelayToPort(0);  // see above
   }
   ~Publisher() {
     try {

@@ -23,8 +23,10 @@
 
 namespace fingate {
 
-// peer_port 0: every TCP socket of the process. Returns how many sockets got the option.
-inline int setTcpNoDelayToPort(int peer_port) {
+// Calls fn(fd) for every TCP socket of the process whose peer port is peer_port (0: every TCP
+// socket), one scan at a time in the process. Returns how many it found.
+template <class Fn>
+int forEachTcpSocketToPort(int peer_port, Fn&& fn) {
   static std::mutex one_scan_at_a_time;  // a scan must not trip over another scan's DIR
   std::lock_guard lk(one_scan_at_a_time);
   DIR* d = ::opendir("/proc/self/fd");
@@ -51,11 +53,19 @@ inline int setTcpNoDelayToPort(int peer_port) {
     else
       continue;
     if (peer_port && port != peer_port) continue;
-    int one = 1;
-    if (::setsockopt(f, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0) ++n;
+    ++n;
+    fn(f);
   }
   ::closedir(d);
   return n;
+}
+
+// peer_port 0: every TCP socket of the process. Returns how many sockets it looked at.
+inline int setTcpNoDelayToPort(int peer_port) {
+  return forEachTcpSocketToPort(peer_port, [](int fd) {
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  });
 }
 
 }  // namespace fingate

@@ -3,12 +3,11 @@
 #include <gtest/gtest.h>
 
 #include "mosquitto.hpp"
+#include "tcp_nodelay.hpp"
 #include "test_support.hpp"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <netinet/tcp.h>
-#include <sys/stat.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -389,22 +388,11 @@ TEST(MqttPlugin, BrokerKilledAndRestartedEverySubscriptionRestored) {
 // This process's TCP sockets connected to `port`, each with its TCP_NODELAY value.
 std::vector<int> noDelayOfSocketsTo(int port) {
   std::vector<int> out;
-  DIR* d = ::opendir("/proc/self/fd");
-  if (!d) return out;
-  while (dirent* e = ::readdir(d)) {
-    int fd = std::atoi(e->d_name);
-    struct stat st {};
-    if (fd <= 2 || fd == ::dirfd(d) || ::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_in a{};
-    socklen_t len = sizeof a;
-    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0 || a.sin_family != AF_INET ||
-        ntohs(a.sin_port) != port)
-      continue;
+  forEachTcpSocketToPort(port, [&](int fd) {
     int v = -1;
     socklen_t vl = sizeof v;
     if (::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vl) == 0) out.push_back(v);
-  }
-  ::closedir(d);
+  });
   return out;
 }
 
