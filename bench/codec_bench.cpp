@@ -1,7 +1,7 @@
 // Fin codec throughput: routing-field extraction + validation (fingate::fin, simdjson on-demand)
 // side by side with simdjson's own DOM parse (simdjson::dom::parser) of the same bytes.
 //
-// Inputs: every captured vector (shared/protocol/vectors/MANIFEST.json) and a ~1 KB command
+// Inputs: every captured vector (tests/data/vectors/MANIFEST.json) and a ~1 KB command
 // (vector 13 with its variables padded). Per input:
 //   codec/<input>        parseInto() from a buffer with kPadding spare bytes (no copy), result
 //                        reused, default Validation::Routing

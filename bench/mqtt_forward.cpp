@@ -3,6 +3,9 @@
 //   direct  : publisher and subscriber on one mosquitto (the baseline);
 //   fingate : publisher on broker A, the real build/bin/fingate forwarding A -> B (two `role:
 //             bridge` MQTT endpoints and one static route), subscriber on broker B;
+//   bare    : publisher on broker A'', bench/mqtt_bare_forward (a minimal forwarder on the same
+//             client library as fingate's MQTT plugin: subscribe on A'', republish to B'')
+//             forwarding A'' -> B'', subscriber on B'';
 //   bridge  : publisher on broker A', A' bridges `bench/#` out to B' (mosquitto's own
 //             `connection` bridge), subscriber on B'.
 //
@@ -16,12 +19,15 @@
 // fixed-width text header, padded to the payload size. Publisher and subscriber live in this
 // process, so both ends read the same clock.
 //
-// Real processes only (mosquitto, fingate), loopback only, every process stopped by pid at the
-// end (tests/support: Mosquitto, GatewayProcess). Bounded everywhere: a phase that stops making
-// progress gives up and reports what it got.
+// Real processes only (mosquitto, fingate, mqtt_bare_forward), loopback only, every process
+// stopped by pid at the end (bench_support.hpp: Mosquitto, Gateway, Process). Bounded
+// everywhere: a phase that stops making progress gives up and reports what it got.
+// The fingate binary and its plugins directory are arguments, so one build of this harness
+// measures any build of the gateway (e.g. an older commit's).
 //
-// Usage: mqtt_forward [--messages N] [--rate R] [--seconds S] [--qos 0|1|both] [--repeat K]
-//                     [--payload BYTES] [--window W] [--paths direct,fingate,bridge]
+// Usage: mqtt_forward [--fingate BIN] [--plugins-dir DIR] [--bare BIN] [--bare-window W]
+//                     [--messages N] [--rate R] [--seconds S] [--qos 0|1|both] [--repeat K]
+//                     [--payload BYTES] [--window W] [--paths direct,fingate,bare,bridge]
 //                     [--fingate-options "mqtt_version: 3"] [--keep-logs]
 #include <dirent.h>
 #include <mqtt/async_client.h>
@@ -52,23 +58,11 @@
 #include <vector>
 
 #include "../plugins/mqtt/tcp_nodelay.hpp"
-#include "gateway_process.hpp"
-#include "mosquitto.hpp"
+#include "bench_support.hpp"
 
 namespace fingate::bench {
 
-using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
-using fingate::test::GatewayProcess;
-using fingate::test::Mosquitto;
-using fingate::test::MosquittoOptions;
-using fingate::test::waitFor;
-
 std::atomic<bool> g_interrupted{false};
-
-int64_t nowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
 
 // ---- payload ------------------------------------------------------------------------------------
 // "r%08x s%010llu t%020lld " then '.' padding up to the payload size (44 bytes of header).
@@ -94,54 +88,9 @@ bool parsePayload(const char* p, size_t n, Stamp& out) {
   return a.ec == std::errc() && b.ec == std::errc() && c.ec == std::errc();
 }
 
-// ---- CPU accounting of the server processes -----------------------------------------------------
-
-// utime+stime of a process in ms (10 ms resolution); 0 when unreadable.
-double cpuMs(int pid) {
-  if (pid <= 0) return 0;
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto close = s.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream rest(s.substr(close + 2));
-  std::string f;
-  unsigned long long ut = 0, st = 0;
-  for (int i = 3; i <= 15 && rest >> f; ++i) {
-    if (i == 14) ut = std::stoull(f);
-    if (i == 15) st = std::stoull(f);
-  }
-  return static_cast<double>(ut + st) * 1000.0 / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-double cpuMs(const std::vector<int>& pids) {
-  double sum = 0;
-  for (int p : pids) sum += cpuMs(p);
-  return sum;
-}
-
-// Busy CPU time of the whole machine in ms (user+nice+system+irq+softirq of every CPU).
-double machineBusyMs() {
-  std::ifstream in("/proc/stat");
-  std::string cpu;
-  unsigned long long user = 0, nice = 0, sys = 0, idle = 0, iowait = 0, irq = 0, softirq = 0;
-  in >> cpu >> user >> nice >> sys >> idle >> iowait >> irq >> softirq;
-  return static_cast<double>(user + nice + sys + irq + softirq) * 1000.0 / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// Every process of this benchmark (itself, the brokers, the gateway while it runs): the rest of
-// the machine's busy time is other people's work, reported as "other load" next to each result.
+// Every process of this benchmark (the brokers, the gateway/forwarder while it runs): the rest
+// of the machine's busy time is other people's work, reported as "other load" next to each result.
 std::vector<int> g_our_pids;
-
-struct OtherLoad {
-  double busy0 = machineBusyMs(), ours0 = cpuMs(g_our_pids) + cpuMs(::getpid());
-  int64_t t0 = nowNs();
-  // Average number of CPUs busy with other processes since construction.
-  double cpus() const {
-    double other = (machineBusyMs() - busy0) - (cpuMs(g_our_pids) + cpuMs(::getpid()) - ours0);
-    double ms = static_cast<double>(nowNs() - t0) / 1e6;
-    return ms > 0 ? std::max(0.0, other / ms) : 0;
-  }
-};
 
 // ---- TCP_NODELAY for the benchmark's own clients ---------------------------------------------------
 // libpaho-mqtt3as never calls setsockopt (it imports only getsockopt), so its sockets keep Nagle's
@@ -374,16 +323,23 @@ struct Options {
   int repeat = 1;
   size_t payload = 1024;
   int window = 1000;
-  std::string paths = "direct,fingate,bridge";
+  std::string paths = "direct,fingate,bare,bridge";
   bool keep_logs = false;
   std::string fingate_options;  // extra flow-map entries for both MQTT endpoints, e.g. "mqtt_version: 3"
+  std::string fingate = FINGATE_BENCH_DEFAULT_BIN;
+  std::string plugins_dir = FINGATE_BENCH_DEFAULT_PLUGINS;
+  std::string bare;  // default: mqtt_bare_forward next to this program
+  // 20: paho-c looks each PUBACK up in a linear list of the client's in-flight messages, so a
+  // large window costs the bare forwarder CPU per message (measured: ~40-65 µs/msg at 10-20,
+  // ~70-100 at 200-1000); fingate's plugin negotiates 19 with mosquitto (MQTT 5 Receive Maximum - 1).
+  int bare_window = 20;
 };
 
 struct Path {
   std::string name;
   std::string pub_url, sub_url;
   std::vector<int> server_pids;  // brokers (+ gateway) on this path, for CPU accounting
-  int forwarder_pid = 0;         // fingate's own pid (0: none)
+  int forwarder_pid = 0;         // the forwarder's own pid (fingate or mqtt_bare_forward; 0: none)
 };
 
 struct Throughput {
@@ -406,12 +362,6 @@ struct Latency {
   int64_t p50 = 0, p90 = 0, p99 = 0, p999 = 0, max = 0;
   bool complete = false;
 };
-
-int64_t percentile(const std::vector<int64_t>& sorted, double q) {
-  if (sorted.empty()) return 0;
-  size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size())));
-  return sorted[std::min(sorted.size() - 1, rank ? rank - 1 : 0)];
-}
 
 // Waits until every message arrived, or nothing new came for `idle`, or `cap` passed.
 bool waitReceived(Subscriber& sub, size_t expected, std::chrono::milliseconds idle, std::chrono::milliseconds cap) {
@@ -505,6 +455,7 @@ Latency runLatency(Publisher& pub, Subscriber& sub, const Path& path, const std:
 
 struct PathResult {
   std::string path;
+  bool fwd = false;  // the path has its own forwarder process (fingate, bare)
   double other_cpus = 0;  // other processes' load during this path's phases
   bool ok = false;
   std::string error;
@@ -515,7 +466,8 @@ struct PathResult {
 PathResult runPath(const Path& path, int qos, const Options& o, int round) {
   PathResult pr;
   pr.path = path.name;
-  OtherLoad load;
+  pr.fwd = path.forwarder_pid > 0;
+  OtherLoad load(g_our_pids);
   std::string topic = "bench/q" + std::to_string(qos) + "/load";
   std::string tag = std::to_string(::getpid()) + "-" + path.name + "-q" + std::to_string(qos) + "-" + std::to_string(round);
   try {
@@ -540,17 +492,12 @@ PathResult runPath(const Path& path, int qos, const Options& o, int round) {
 
 // ---- reporting ----------------------------------------------------------------------------------
 
-std::string fmt(const char* f, double v) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
 std::string us(int64_t ns) { return fmt("%.0f", static_cast<double>(ns) / 1e3); }
 std::string usSigned(int64_t ns) { return fmt("%+.0f", static_cast<double>(ns) / 1e3); }
 
 void printThroughput(const std::vector<PathResult>& rs, int qos, const Options& o) {
   std::printf("\n#### Throughput, QoS %d, %zu x %zu B, publisher window %d\n\n", qos, o.messages, o.payload, o.window);
-  std::printf("| path | publish msg/s | **received msg/s** | MB/s | lost | dup | out-of-order | saturated | server CPU µs/msg | fingate CPU µs/msg | other load (CPUs) |\n");
+  std::printf("| path | publish msg/s | **received msg/s** | MB/s | lost | dup | out-of-order | saturated | server CPU µs/msg | forwarder CPU µs/msg | other load (CPUs) |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n");
   for (auto& p : rs) {
     if (!p.ok) {
@@ -562,7 +509,7 @@ void printThroughput(const std::vector<PathResult>& rs, int qos, const Options& 
     std::printf("| %s | %.0f | **%.0f** | %.1f | %zu | %zu | %zu | %s | %.1f | %s | %.2f |\n", p.path.c_str(), t.send_rate,
                 t.r.recvRate(), t.r.recvRate() * static_cast<double>(o.payload) / 1e6, t.r.lost(), t.r.dups,
                 t.r.out_of_order, t.saturated() ? "yes" : "no", t.server_cpu_ms * 1000.0 / n,
-                p.path == "fingate" ? fmt("%.1f", t.fwd_cpu_ms * 1000.0 / n).c_str() : "–", p.other_cpus);
+                p.fwd ? fmt("%.1f", t.fwd_cpu_ms * 1000.0 / n).c_str() : "–", p.other_cpus);
   }
 }
 
@@ -571,7 +518,7 @@ void printLatency(const std::vector<PathResult>& rs, int qos, const Options& o) 
   for (auto& p : rs)
     if (p.path == "direct" && p.ok) direct = &p;
   std::printf("\n#### Latency, QoS %d, offered %d msg/s for %.1f s, %zu B (µs)\n\n", qos, o.rate, o.seconds, o.payload);
-  std::printf("| path | sent msg/s | kept up | received | lost | dup | ooo | p50 | p90 | **p99** | p99.9 | max | added p50 | **added p99** | server CPU µs/msg | fingate CPU µs/msg |\n");
+  std::printf("| path | sent msg/s | kept up | received | lost | dup | ooo | p50 | p90 | **p99** | p99.9 | max | added p50 | **added p99** | server CPU µs/msg | forwarder CPU µs/msg |\n");
   std::printf("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (auto& p : rs) {
     if (!p.ok) {
@@ -593,36 +540,74 @@ void printLatency(const std::vector<PathResult>& rs, int qos, const Options& o) 
                 l.offered_rate, kept_up ? "yes" : "**no**", l.r.unique, l.r.lost(), l.r.dups, l.r.out_of_order, us(l.p50).c_str(),
                 us(l.p90).c_str(), us(l.p99).c_str(), us(l.p999).c_str(), us(l.max).c_str(), a50.c_str(),
                 a99.c_str(), l.server_cpu_ms * 1000.0 / n,
-                p.path == "fingate" ? fmt("%.1f", l.fwd_cpu_ms * 1000.0 / n).c_str() : "–");
+                p.fwd ? fmt("%.1f", l.fwd_cpu_ms * 1000.0 / n).c_str() : "–");
   }
 }
 
+// Per round and QoS: the forwarding paths' throughput phase side by side.
 struct Summary {
-  int qos;
-  int round;
-  double tp_ratio = 0;
-  bool fg_saturated = false, br_saturated = false;
-  double fg_added_p99_us = 0, br_added_p99_us = 0;
-  bool valid = false;
+  int qos = 0;
+  int round = 0;
+  struct Row {
+    bool ok = false, saturated = false;
+    double rate = 0, fwd_cpu = 0, server_cpu = 0, added_p99_us = 0;
+  } fingate, bare, bridge;
+  bool has_direct = false;
 };
 
 Summary summarize(const std::vector<PathResult>& rs, int qos, int round) {
-  Summary s{qos, round};
-  const PathResult *d = nullptr, *f = nullptr, *b = nullptr;
+  Summary s;
+  s.qos = qos;
+  s.round = round;
+  const PathResult* d = nullptr;
+  for (auto& p : rs)
+    if (p.ok && p.path == "direct") d = &p;
+  s.has_direct = d != nullptr;
   for (auto& p : rs) {
-    if (!p.ok) continue;
-    if (p.path == "direct") d = &p;
-    if (p.path == "fingate") f = &p;
-    if (p.path == "bridge") b = &p;
+    Summary::Row* row = p.path == "fingate" ? &s.fingate : p.path == "bare" ? &s.bare : p.path == "bridge" ? &s.bridge : nullptr;
+    if (!row || !p.ok) continue;
+    double n = static_cast<double>(std::max<size_t>(1, p.tp.r.unique));
+    row->ok = true;
+    row->saturated = p.tp.saturated();
+    row->rate = p.tp.r.recvRate();
+    row->fwd_cpu = p.tp.fwd_cpu_ms * 1000.0 / n;
+    row->server_cpu = p.tp.server_cpu_ms * 1000.0 / n;
+    if (d) row->added_p99_us = static_cast<double>(p.lat.p99 - d->lat.p99) / 1e3;
   }
-  if (!d || !f || !b) return s;
-  s.valid = true;
-  s.tp_ratio = b->tp.r.recvRate() > 0 ? f->tp.r.recvRate() / b->tp.r.recvRate() : 0;
-  s.fg_saturated = f->tp.saturated();
-  s.br_saturated = b->tp.saturated();
-  s.fg_added_p99_us = static_cast<double>(f->lat.p99 - d->lat.p99) / 1e3;
-  s.br_added_p99_us = static_cast<double>(b->lat.p99 - d->lat.p99) / 1e3;
   return s;
+}
+
+void printSummary(const std::vector<Summary>& ss, const Options& o) {
+  auto cell = [](const Summary::Row& r, const char* f, double v) { return r.ok ? fmt(f, v) : std::string("–"); };
+  auto ratio = [](const Summary::Row& a, const Summary::Row& b, double x, double y) {
+    return a.ok && b.ok && y > 0 ? fmt("%.2fx", x / y) : std::string("–");
+  };
+  std::printf("\n#### Summary (throughput phase; goal: fingate >= 0.9x the bare forwarder)\n\n");
+  std::printf("| round | QoS | received msg/s fingate / bare / bridge | saturated f / ba / br | **fingate/bare** | fingate/bridge "
+              "| forwarder CPU µs/msg fingate / bare | **CPU fingate/bare** | server CPU µs/msg fingate / bare / bridge "
+              "| added p99 µs at %d msg/s fingate / bare / bridge | goal |\n", o.rate);
+  std::printf("|---:|---:|---|---|---:|---:|---|---:|---|---|---|\n");
+  for (auto& s : ss) {
+    const auto &f = s.fingate, &b = s.bare, &br = s.bridge;
+    std::string goal = "–";
+    if (f.ok && b.ok && b.rate > 0) {
+      double r = f.rate / b.rate;
+      // A ratio decides only when the path that should be the slower one was saturated.
+      goal = r >= 0.9 ? (b.saturated ? "met" : "met? (bare not saturated)")
+                      : (f.saturated ? "**missed**" : "missed? (fingate not saturated)");
+    }
+    auto yn = [](const Summary::Row& r) { return r.ok ? (r.saturated ? "yes" : "no") : "–"; };
+    std::printf("| %d | %d | %s / %s / %s | %s / %s / %s | **%s** | %s | %s / %s | **%s** | %s / %s / %s | %s / %s / %s | %s |\n",
+                s.round, s.qos, cell(f, "%.0f", f.rate).c_str(), cell(b, "%.0f", b.rate).c_str(),
+                cell(br, "%.0f", br.rate).c_str(), yn(f), yn(b), yn(br), ratio(f, b, f.rate, b.rate).c_str(),
+                ratio(f, br, f.rate, br.rate).c_str(), cell(f, "%.1f", f.fwd_cpu).c_str(), cell(b, "%.1f", b.fwd_cpu).c_str(),
+                ratio(f, b, f.fwd_cpu, b.fwd_cpu).c_str(), cell(f, "%.1f", f.server_cpu).c_str(),
+                cell(b, "%.1f", b.server_cpu).c_str(), cell(br, "%.1f", br.server_cpu).c_str(),
+                s.has_direct ? cell(f, "%+.0f", f.added_p99_us).c_str() : "–",
+                s.has_direct ? cell(b, "%+.0f", b.added_p99_us).c_str() : "–",
+                s.has_direct ? cell(br, "%+.0f", br.added_p99_us).c_str() : "–", goal.c_str());
+  }
+  std::fflush(stdout);
 }
 
 // ---- setup ----------------------------------------------------------------------------------------
@@ -641,21 +626,6 @@ std::string gatewayConfig(const std::string& a_url, const std::string& b_url, in
          "    to:   { endpoint: b, topic: \"{topic}\" }\n";
 }
 
-std::string loadLine() {
-  std::ifstream in("/proc/loadavg");
-  std::string s;
-  std::getline(in, s);
-  return s;
-}
-
-std::string cpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "?";
-}
-
 int run(const Options& o) {
   ::prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);  // sleep_until as precise as the kernel allows
   std::vector<int> qoses;
@@ -667,22 +637,21 @@ int run(const Options& o) {
               loadLine().c_str());
   std::fflush(stdout);
 
-  MosquittoOptions mo;
-  mo.extra = kBrokerExtra;
-  Mosquitto direct(mo), a(mo), b(mo), b2(mo);
-  MosquittoOptions mo_bridge;
-  mo_bridge.extra = std::string(kBrokerExtra) +
-                    "connection benchbridge\n"
-                    "address 127.0.0.1:" + std::to_string(b2.port()) + "\n"
-                    "topic bench/q0/# out 0\n"
-                    "topic bench/q1/# out 1\n"
-                    "cleansession true\n"
-                    "notifications false\n"
-                    "restart_timeout 1\n";
-  Mosquitto a2(mo_bridge);
-  g_our_pids = {direct.pid(), a.pid(), b.pid(), a2.pid(), b2.pid()};
-  std::fprintf(stderr, "brokers: direct %d (pid %d), A %d, B %d, A' %d -> B' %d (pids %d %d %d %d)\n", direct.port(),
-               direct.pid(), a.port(), b.port(), a2.port(), b2.port(), a.pid(), b.pid(), a2.pid(), b2.pid());
+  std::string extra = kBrokerExtra;
+  Mosquitto direct(extra), a(extra), b(extra), a3(extra), b3(extra), b2(extra);
+  Mosquitto a2(extra +
+               "connection benchbridge\n"
+               "address 127.0.0.1:" + std::to_string(b2.port()) + "\n"
+               "topic bench/q0/# out 0\n"
+               "topic bench/q1/# out 1\n"
+               "cleansession true\n"
+               "notifications false\n"
+               "restart_timeout 1\n");
+  g_our_pids = {direct.pid(), a.pid(), b.pid(), a3.pid(), b3.pid(), a2.pid(), b2.pid()};
+  std::fprintf(stderr, "brokers: direct %d, fingate A %d -> B %d, bare A'' %d -> B'' %d, bridge A' %d -> B' %d\n",
+               direct.port(), a.port(), b.port(), a3.port(), b3.port(), a2.port(), b2.port());
+  std::printf("fingate: %s (plugins %s)\nbare forwarder: %s (window %d)\n", o.fingate.c_str(), o.plugins_dir.c_str(),
+              o.bare.c_str(), o.bare_window);
 
   std::vector<Summary> summaries;
   bool all_ok = true;
@@ -695,22 +664,42 @@ int run(const Options& o) {
         rs.push_back(runPath(p, qos, o, round));
       }
       if (wants("fingate")) {
-        GatewayProcess gw("bench-fingate-q" + std::to_string(qos), gatewayConfig(a.url(), b.url(), qos, o.fingate_options));
-        if (!gw.start({"a", "b"}, 20s)) {
+        Gateway gw(o.fingate, o.plugins_dir, "fingate-q" + std::to_string(qos), gatewayConfig(a.url(), b.url(), qos, o.fingate_options));
+        if (!gw.start(20s)) {
           PathResult pr;
           pr.path = "fingate";
-          pr.error = "gateway did not start (log: " + gw.process().logPath() + ")";
-          std::fprintf(stderr, "%s\n", gw.log().c_str());
+          pr.error = "gateway did not start";
           rs.push_back(pr);
         } else {
-          Path p{"fingate", a.url(), b.url(), {a.pid(), b.pid(), gw.process().pid()}, gw.process().pid()};
-          g_our_pids.push_back(gw.process().pid());
+          Path p{"fingate", a.url(), b.url(), {a.pid(), b.pid(), gw.pid()}, gw.pid()};
+          g_our_pids.push_back(gw.pid());
           rs.push_back(runPath(p, qos, o, round));
           g_our_pids.pop_back();
-          if (o.keep_logs) std::fprintf(stderr, "fingate log: %s\n", gw.process().logPath().c_str());
+          if (o.keep_logs) std::fprintf(stderr, "fingate log: %s\n", gw.logPath().c_str());
         }
-        gw.process().stop(SIGTERM, 5s);
-        if (gw.process().running()) gw.process().stop(SIGKILL, 5s);
+        gw.stop();
+      }
+      if (wants("bare")) {
+        std::string dir = tempDir("bare-q" + std::to_string(qos));
+        Process fwd({o.bare, "--from", a3.url(), "--to", b3.url(), "--filter", "bench/#", "--qos", std::to_string(qos),
+                     "--window", std::to_string(o.bare_window), "--max-seconds", "300"},
+                    dir + "/bare.log");
+        if (!waitFor([&] { return !fwd.running() || fwd.log().find("bare forwarder: up") != std::string::npos; }, 20s) ||
+            !fwd.running()) {
+          PathResult pr;
+          pr.path = "bare";
+          pr.error = "bare forwarder did not start: " + fwd.log();
+          rs.push_back(pr);
+        } else {
+          Path p{"bare", a3.url(), b3.url(), {a3.pid(), b3.pid(), fwd.pid()}, fwd.pid()};
+          g_our_pids.push_back(fwd.pid());
+          rs.push_back(runPath(p, qos, o, round));
+          g_our_pids.pop_back();
+        }
+        fwd.terminate();
+        std::string log = fwd.log();
+        auto at = log.find("bare forwarder: received");
+        if (at != std::string::npos) std::fprintf(stderr, "%s", log.substr(at).c_str());
       }
       if (wants("bridge")) {
         Path p{"bridge", a2.url(), b2.url(), {a2.pid(), b2.pid()}, 0};
@@ -725,23 +714,7 @@ int run(const Options& o) {
     }
   }
 
-  std::printf("\n#### Summary against the goals (fingate throughput >= 1.0x bridge; fingate p99 added <= 1000 µs at %d msg/s)\n\n", o.rate);
-  std::printf("| round | QoS | throughput fingate/bridge | fingate saturated | bridge saturated | fingate added p99 µs | bridge added p99 µs | throughput goal | latency goal |\n");
-  std::printf("|---:|---:|---:|---|---|---:|---:|---|---|\n");
-  for (auto& s : summaries) {
-    if (!s.valid) {
-      std::printf("| %d | %d | (a path failed) |||||||\n", s.round, s.qos);
-      continue;
-    }
-    // A ratio only decides the goal when the path that should be the slower one was saturated:
-    // below 1 with fingate saturated is a miss; at least 1 with the bridge saturated is met.
-    const char* tp = s.tp_ratio >= 1.0 ? (s.br_saturated ? "met" : "met? (bridge not saturated)")
-                                       : (s.fg_saturated ? "**missed**" : "missed? (fingate not saturated)");
-    std::printf("| %d | %d | %.3fx | %s | %s | %+.0f | %+.0f | %s | %s |\n", s.round, s.qos, s.tp_ratio,
-                s.fg_saturated ? "yes" : "no", s.br_saturated ? "yes" : "no", s.fg_added_p99_us, s.br_added_p99_us, tp,
-                s.fg_added_p99_us <= 1000.0 ? "met" : "**missed**");
-  }
-  std::fflush(stdout);
+  printSummary(summaries, o);
   // Brokers stop by pid in their destructors (SIGTERM, then SIGKILL).
   return all_ok ? 0 : 1;
 }
@@ -750,7 +723,12 @@ int run(const Options& o) {
 
 int main(int argc, char** argv) {
   fingate::bench::Options o;
-  CLI::App app{"MQTT -> MQTT forwarding benchmark: direct vs fingate vs mosquitto bridge"};
+  o.bare = fingate::bench::selfDir() + "/mqtt_bare_forward";
+  CLI::App app{"MQTT -> MQTT forwarding benchmark: direct vs fingate vs a bare paho forwarder vs mosquitto bridge"};
+  app.add_option("--fingate", o.fingate, "fingate binary")->capture_default_str();
+  app.add_option("--plugins-dir", o.plugins_dir, "directory with libfingate-mqtt.so")->capture_default_str();
+  app.add_option("--bare", o.bare, "mqtt_bare_forward binary")->capture_default_str();
+  app.add_option("--bare-window", o.bare_window, "the bare forwarder's in-flight window")->capture_default_str()->check(CLI::Range(1, 60000));
   app.add_option("--messages", o.messages, "messages per throughput phase")->capture_default_str();
   app.add_option("--rate", o.rate, "offered rate of the latency phase, msg/s")->capture_default_str()->check(CLI::Range(1, 1000000));
   app.add_option("--seconds", o.seconds, "length of the latency phase")->capture_default_str()->check(CLI::Range(0.1, 60.0));
@@ -758,10 +736,10 @@ int main(int argc, char** argv) {
   app.add_option("--repeat", o.repeat, "rounds")->capture_default_str()->check(CLI::Range(1, 10));
   app.add_option("--payload", o.payload, "payload bytes")->capture_default_str()->check(CLI::Range(64, 1 << 20));
   app.add_option("--window", o.window, "publisher in-flight window")->capture_default_str()->check(CLI::Range(1, 65535));
-  app.add_option("--paths", o.paths, "comma-separated subset of direct,fingate,bridge")->capture_default_str();
+  app.add_option("--paths", o.paths, "comma-separated subset of direct,fingate,bare,bridge")->capture_default_str();
   app.add_option("--fingate-options", o.fingate_options,
                  "extra options for both fingate MQTT endpoints, YAML flow-map entries (e.g. \"mqtt_version: 3\")");
-  app.add_flag("--keep-logs", o.keep_logs, "print where the gateway logs are");
+  app.add_flag("--keep-logs", o.keep_logs, "keep /tmp/fingate-bench-<pid> (process logs) and print where the gateway logs are");
   CLI11_PARSE(app, argc, argv);
   if (o.messages < 10 || o.messages > 10'000'000) {
     std::fprintf(stderr, "--messages must be in [10, 10000000]\n");
@@ -769,10 +747,13 @@ int main(int argc, char** argv) {
   }
   std::signal(SIGINT, [](int) { fingate::bench::g_interrupted = true; });
   std::signal(SIGTERM, [](int) { fingate::bench::g_interrupted = true; });
+  int rc;
   try {
-    return fingate::bench::run(o);
+    rc = fingate::bench::run(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mqtt_forward: %s\n", e.what());
-    return 1;
+    rc = 1;
   }
+  if (!o.keep_logs) fingate::bench::cleanupTempRoot();
+  return rc;
 }

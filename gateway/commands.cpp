@@ -9,13 +9,41 @@
 
 #include <cstdio>
 #include <iostream>
+#include <mutex>
+
+#include "redact.hpp"
 
 namespace fingate::cli {
 
 namespace {
 
+// Every log line passes through the URL redactor before it is written: whatever a plugin or
+// an error message says, "scheme://user:pass@host" is written "scheme://user:***@host".
+class RedactingSink : public spdlog::sinks::sink {
+ public:
+  explicit RedactingSink(std::shared_ptr<spdlog::sinks::sink> inner) : inner_(std::move(inner)) {}
+  void log(const spdlog::details::log_msg& msg) override {
+    std::string_view text(msg.payload.data(), msg.payload.size());
+    if (text.find(":/") == std::string_view::npos) {  // no URL: nothing to redact
+      inner_->log(msg);
+      return;
+    }
+    std::string clean = redactText(text);
+    spdlog::details::log_msg copy(msg);
+    copy.payload = spdlog::string_view_t(clean.data(), clean.size());
+    inner_->log(copy);
+  }
+  void flush() override { inner_->flush(); }
+  void set_pattern(const std::string& pattern) override { inner_->set_pattern(pattern); }
+  void set_formatter(std::unique_ptr<spdlog::formatter> f) override { inner_->set_formatter(std::move(f)); }
+
+ private:
+  std::shared_ptr<spdlog::sinks::sink> inner_;
+};
+
 void setupLogging(const std::string& level) {
-  auto logger = spdlog::stderr_color_mt("fingate");
+  auto sink = std::make_shared<RedactingSink>(std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  auto logger = std::make_shared<spdlog::logger>("fingate", sink);
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%l%$ %v");
   spdlog::set_level(spdlog::level::from_str(level));
@@ -23,8 +51,9 @@ void setupLogging(const std::string& level) {
 }
 
 // Config problems are one line on stderr and exit code 2.
+// (Redacted: a plugin's message may quote a URL with credentials.)
 int configFailure(const std::exception& e) {
-  std::fprintf(stderr, "error: %s\n", e.what());
+  std::fprintf(stderr, "error: %s\n", redactText(e.what()).c_str());
   return 2;
 }
 
@@ -70,6 +99,11 @@ int run(const std::string& path) {
   Config cfg;
   try {
     cfg = loadConfig(path);
+  } catch (const ConfigError& e) {
+    return configFailure(e);
+  }
+  try {
+    checkConfigForRun(cfg);  // what would fail later (port clashes, TLS files, state_dir, URL credentials)
   } catch (const ConfigError& e) {
     return configFailure(e);
   }

@@ -4,19 +4,28 @@
 //  - the host's threads call publish/subscribe/unsubscribe: they only queue work (never block
 //    on the network) and wake the worker;
 //  - one worker thread per instance owns the connection: it connects (MQTT 5 first in `auto`,
-//    3.1.1 when the broker refuses 5), restores every subscription, and only then reports
-//    UP/RECONNECTED, sends queued publishes in order, and reconnects with jittered exponential
-//    backoff when the connection drops. Paho's own automatic reconnect is not used: it does not
-//    resubscribe with clean sessions (the "connected but deaf" bug);
-//  - paho's callback thread (shared by every paho client of the process) delivers inbound
-//    messages to the host and completes deliveries/SUBACKs;
-//  - one redelivery thread per instance retries inbound messages the host answered RETRY for,
-//    in order (a bounded hold, `inflight_max`).
+//    3.1.1 when the broker refuses 5), reports the connection's facts (FG_EVENT_CONNECTION:
+//    no-local on MQTT 5), restores every subscription and settles each one still pending
+//    (FG_EVENT_SUBSCRIPTION: granted or refused), and only then reports UP/RECONNECTED, sends
+//    queued publishes in order, and reconnects with jittered exponential backoff when the
+//    connection drops. Paho's own automatic reconnect is not used: it does not resubscribe with
+//    clean sessions (the "connected but deaf" bug);
+//  - paho's callback thread (ONE for every paho client of the process) delivers inbound
+//    messages to the host and completes deliveries/SUBACKs. It never waits: a message the host
+//    answers RETRY for goes into this instance's bounded hold (count and bytes), and every later
+//    one goes behind it;
+//  - one redelivery thread per instance offers the held messages to the host again, in order,
+//    with a short backoff (1-10 ms), until the host takes them.
 //
 // Delivery: a publish is kept until the broker confirms it (QoS 1 PUBACK; QoS 0: written to the
 // socket). If the connection drops first it is sent again after the reconnect (at least once),
 // in the original order. FAILED is reported only for a definitive refusal (MQTT 5 PUBACK reason
 // >= 0x80, a message paho cannot send) or for what is still queued when stop() gives up.
+//
+// Inbound outcomes (ABI 1.1): every message goes in with a fresh token (on_message_tracked) and
+// the host acks it once with its outcome. Paho acknowledges QoS 1 on receipt and has no manual
+// ack, so here the outcomes are only counted (and logged at stop). For the same reason a message
+// that arrives while the hold is full is lost: counted and logged (ERROR, rate-limited).
 #include <fingate/plugin_sdk.hpp>
 #include <fingate/topic.hpp>
 #include "tcp_nodelay.hpp"
@@ -25,6 +34,8 @@
 #include <mqtt/async_client.h>
 
 #include <algorithm>
+#include <array>
+#include <cctype>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -53,9 +64,9 @@ constexpr int kV5 = MQTTVERSION_5;        // 5
 enum class VersionMode { Auto, V311, V5 };
 
 struct Settings {
-  std::string url;       // as configured (for messages)
+  std::string url;       // as configured (for messages; never holds credentials: see parseUrl)
   std::string paho_url;  // tcp://host:port or ssl://host:port
-  std::string host;
+  std::string host;      // as in the url ([v6] with its brackets)
   int port = 0;
   bool tls = false;
   std::string client_id;
@@ -72,9 +83,13 @@ struct Settings {
   int reconnect_max_ms = 10000;
   bool connect_retry = true;
   int connect_timeout_ms = 10000;
-  size_t inflight_max = 10000;
+  size_t hold_max = 65536;             // inbound messages held after the host answered RETRY
+  size_t hold_max_bytes = 64u << 20;   // ... and their bytes (topic + payload + headers)
   size_t queue_max = 10000;
 };
+
+constexpr long long kDefaultHoldMax = 65536;
+constexpr long long kDefaultHoldMaxBytes = 64ll << 20;
 
 std::string randomHex(size_t bytes) {
   std::random_device rd;
@@ -94,36 +109,68 @@ bool hasControlOrWildcard(std::string_view s) {
   return false;
 }
 
-// Parses scheme://host[:port]; accepts tcp/mqtt (plain) and ssl/mqtts/tls (TLS).
+// Parses scheme://host[:port][/]: tcp/mqtt (plain) and ssl/mqtts/tls (TLS); the port defaults
+// to 1883 / 8883; an IPv6 address goes in brackets. Everything else is refused here, in
+// create(), with "url: ..." (so `fingate validate` points at the key), rather than handed to
+// paho to fail on every connection attempt. Credentials in the URL are refused first, and an
+// error message never quotes a URL that has them.
 void parseUrl(const std::string& url, Settings& s) {
+  const std::string shape = "expected tcp://host:port or ssl://host:port (or mqtt://, mqtts://)";
+  auto bad = [](const std::string& why) { throw ConfigError("url", why); };
   auto sep = url.find("://");
-  if (sep == std::string::npos) throw ConfigError("url", "expected tcp://host:port or ssl://host:port, got '" + url + "'");
+  std::string authority = sep == std::string::npos ? url : url.substr(sep + 3);
+  if (authority.substr(0, authority.find_first_of("/?#")).find('@') != std::string::npos)
+    bad("credentials in the URL (user:password@host) are not supported, and would end up in logs; "
+        "write them as the 'username' and 'password' keys (password: ${MQTT_PASSWORD})");
+  for (char c : url)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) bad("must not contain spaces or control characters");
+  if (sep == std::string::npos || sep == 0) bad(shape + ", got '" + url + "'");
   std::string scheme = url.substr(0, sep);
-  std::string rest = url.substr(sep + 3);
+  std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   if (scheme == "tcp" || scheme == "mqtt") s.tls = false;
   else if (scheme == "ssl" || scheme == "mqtts" || scheme == "tls") s.tls = true;
-  else throw ConfigError("url", "unsupported scheme '" + scheme + "' (use tcp:// or ssl://)");
+  else if (scheme == "ws" || scheme == "wss") bad("MQTT over websockets (" + scheme + "://) is not supported; use tcp:// or ssl://");
+  else bad("unsupported scheme '" + scheme + "' in '" + url + "' (use tcp://, mqtt://, ssl:// or mqtts://)");
+  std::string rest = authority;
   if (!rest.empty() && rest.back() == '/') rest.pop_back();
-  if (rest.empty() || rest.find('/') != std::string::npos)
-    throw ConfigError("url", "expected tcp://host:port or ssl://host:port, got '" + url + "'");
-  std::string host = rest, port;
-  if (rest.front() == '[') {  // [v6]:port
+  if (rest.find_first_of("/?#") != std::string::npos)
+    bad("a path, query or fragment is not supported in '" + url + "'; " + shape);
+  std::string host, port;
+  bool has_port = false;
+  if (!rest.empty() && rest.front() == '[') {  // [v6]:port
     auto close = rest.find(']');
-    if (close == std::string::npos) throw ConfigError("url", "unbalanced '[' in '" + url + "'");
+    if (close == std::string::npos) bad("unbalanced '[' in '" + url + "'");
     host = rest.substr(0, close + 1);
+    for (char c : host.substr(1, host.size() - 2))
+      if (!std::isxdigit(static_cast<unsigned char>(c)) && c != ':' && c != '.')
+        bad("invalid IPv6 address " + host + " in '" + url + "'");
+    if (host.size() <= 3 || host.find(':') == std::string::npos) bad("invalid IPv6 address " + host + " in '" + url + "'");
     if (close + 1 < rest.size()) {
-      if (rest[close + 1] != ':') throw ConfigError("url", "expected ':port' after ']' in '" + url + "'");
+      if (rest[close + 1] != ':') bad("expected ':port' after ']' in '" + url + "'");
       port = rest.substr(close + 2);
+      has_port = true;
     }
-  } else if (auto colon = rest.rfind(':'); colon != std::string::npos) {
+  } else {
+    auto colon = rest.find(':');
+    if (colon != std::string::npos && rest.find(':', colon + 1) != std::string::npos)
+      bad("an IPv6 address goes in brackets, e.g. tcp://[::1]:1883; got '" + url + "'");
     host = rest.substr(0, colon);
-    port = rest.substr(colon + 1);
+    if (colon != std::string::npos) {
+      port = rest.substr(colon + 1);
+      has_port = true;
+    }
+    for (char c : host)
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_')
+        bad("invalid host name '" + host + "' in '" + url + "'");
   }
-  if (host.empty() || host == "[]") throw ConfigError("url", "missing host in '" + url + "'");
-  if (port.empty()) port = s.tls ? "8883" : "1883";
-  char* end = nullptr;
-  long p = std::strtol(port.c_str(), &end, 10);
-  if (*end != '\0' || p < 1 || p > 65535) throw ConfigError("url", "bad port '" + port + "' in '" + url + "'");
+  if (host.empty()) bad("missing host in '" + url + "'; " + shape);
+  if (has_port && port.empty()) bad("missing port after ':' in '" + url + "'");
+  if (!has_port) port = s.tls ? "8883" : "1883";
+  long p = 0;
+  bool digits = !port.empty() && port.size() <= 5 &&
+                std::all_of(port.begin(), port.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
+  if (digits) p = std::strtol(port.c_str(), nullptr, 10);
+  if (!digits || p < 1 || p > 65535) bad("bad port '" + port + "' in '" + url + "' (expected 1-65535)");
   s.url = url;
   s.host = host;
   s.port = static_cast<int>(p);
@@ -165,7 +212,12 @@ Settings parseSettings(const Config& cfg) {
   if (s.reconnect_max_ms < s.reconnect_min_ms) throw ConfigError("reconnect_max_ms", "must be at least reconnect_min_ms");
   s.connect_retry = cfg.getBool("connect_retry", true);
   s.connect_timeout_ms = static_cast<int>(cfg.getInt("connect_timeout_ms", 10000, 100, 600000));
-  s.inflight_max = static_cast<size_t>(cfg.getInt("inflight_max", 10000, 1, 100000000));
+  // `inflight_max` is the old name of inbound_hold_max (it never bounded the publish window).
+  if (cfg.has("inflight_max") && cfg.has("inbound_hold_max"))
+    throw ConfigError("inflight_max", "is the old name of inbound_hold_max; write only inbound_hold_max");
+  const char* hold_key = cfg.has("inflight_max") ? "inflight_max" : "inbound_hold_max";
+  s.hold_max = static_cast<size_t>(cfg.getInt(hold_key, kDefaultHoldMax, 1, 100000000));
+  s.hold_max_bytes = static_cast<size_t>(cfg.getInt("inbound_hold_max_bytes", kDefaultHoldMaxBytes, 1024, 1ll << 40));
   s.queue_max = static_cast<size_t>(cfg.getInt("queue_max", 10000, 1, 100000000));
   if (!cfg.getBool("clean_session", true))
     throw ConfigError("clean_session", "only true is supported (every subscription is restored after a reconnect)");
@@ -185,6 +237,24 @@ std::string disconnectReason(int rc) {
     case 0x98: text = "administrative action"; break;
     case 0x9C: text = "use another server"; break;
     case 0x95: text = "packet too large"; break;
+    default: break;
+  }
+  return "reason " + hex2(rc) + (text ? std::string(": ") + text : "");
+}
+
+// SUBACK failure codes in words (MQTT 5 reason codes; 0x80 is also 3.1.1's only failure).
+std::string subackReason(int rc) {
+  const char* text = nullptr;
+  switch (rc) {
+    case 0x80: text = "unspecified error / failure"; break;
+    case 0x83: text = "implementation specific error"; break;
+    case 0x87: text = "not authorized"; break;
+    case 0x8F: text = "topic filter invalid"; break;
+    case 0x91: text = "packet identifier in use"; break;
+    case 0x97: text = "quota exceeded"; break;
+    case 0x9E: text = "shared subscriptions not supported"; break;
+    case 0xA1: text = "subscription identifiers not supported"; break;
+    case 0xA2: text = "wildcard subscriptions not supported"; break;
     default: break;
   }
   return "reason " + hex2(rc) + (text ? std::string(": ") + text : "");
@@ -238,21 +308,17 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       started_ = true;
     }
     try {
-      mqtt::create_options co(kV5);
-      // Paho refuses sends (-12) once its own command queue holds max_buffered_messages, even
-      // when connected; the plugin bounds its queue itself (queue_max), so give paho room.
-      co.set_max_buffered_messages(static_cast<int>(std::min<size_t>(s_.queue_max + 1000, 1000000000)));
-      client_ = std::make_unique<mqtt::async_client>(s_.paho_url, s_.client_id, co, nullptr);
-      client_->set_message_callback([this](mqtt::const_message_ptr m) { onInbound(m); });
-      client_->set_connection_lost_handler([this](const std::string& cause) {
-        connectionLost(cause.empty() ? "connection lost" : "connection lost: " + cause);
-      });
-      client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
-        connectionLost("broker sent DISCONNECT (" + disconnectReason(static_cast<int>(rc)) + ")");
-      });
+      // One paho client per MQTT version: paho refuses an MQTT 5 connect on a client that
+      // once tried 3.1.1 ("Client created for another version of MQTT"), so `auto` keeps a
+      // 3.1.1 client of its own for the fallback and can go back to 5 on the next connection.
+      if (s_.version != VersionMode::V311) client5_ = makeClient(kV5);
+      if (s_.version != VersionMode::V5) client311_ = makeClient(kV311);
+      client_ = client5_ ? client5_.get() : client311_.get();
     } catch (const std::exception& e) {
       host_.error("mqtt " + s_.url + ": cannot create the client: " + e.what());
-      client_.reset();
+      client5_.reset();
+      client311_.reset();
+      client_ = nullptr;
       return FG_ERR_INVALID_ARG;
     }
     {
@@ -282,24 +348,46 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     if (worker_.joinable()) worker_.join();
     // A publish() still inside sendQueued finishes first; later ones see stop_.
     { std::lock_guard sl(send_mu_); }
-    // The worker disconnected (or gave up); no more callbacks once the client is gone.
-    try {
-      if (client_) client_->disable_callbacks();
-    } catch (...) {
-    }
-    client_.reset();
     if (redeliver_.joinable()) redeliver_.join();
-    size_t dropped = inbound_lost_;
+    // The worker disconnected (or gave up). From here on no paho callback reaches the host:
+    // wait (bounded) for one that is running now, then let paho forget us.
+    callbacks_closed_ = true;
+    auto until = Clock::now() + 2s;
+    while (callbacks_active_.load() > 0 && Clock::now() < until) std::this_thread::sleep_for(1ms);
+    for (auto* c : {client5_.get(), client311_.get()}) {
+      try {
+        if (c) c->disable_callbacks();
+      } catch (...) {
+      }
+    }
+    client_ = nullptr;
+    client5_.reset();
+    client311_.reset();
+    size_t lost = inbound_lost_;
     {
       std::lock_guard hl(hold_mu_);
-      dropped += hold_.size();
+      lost += hold_.size();
       hold_.clear();
+      hold_bytes_ = 0;
     }
-    if (dropped) host_.warn("mqtt " + s_.url + ": stopped with " + std::to_string(dropped) +
-                            " inbound message(s) the host had not taken yet (they are lost)");
+    inbound_lost_ = lost;
+    if (lost) host_.warn("mqtt " + s_.url + ": stopped with " + std::to_string(lost) +
+                         " inbound message(s) the host had not taken yet (they are lost)");
+    logInboundTotals();
     failEverything("stopped");
     host_.onState(FG_STATE_STOPPED, "");
     return FG_OK;
+  }
+
+  // ABI 1.1: the host's final word on an inbound message. Paho acknowledged it to the broker
+  // on receipt already (it has no manual ack), so this only counts.
+  void ack(uint64_t token, fg_outcome outcome) override {
+    if (token == 0 || token >= next_token_.load(std::memory_order_relaxed)) {
+      acked_unknown_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    size_t i = outcome >= FG_OUTCOME_DELIVERED && outcome <= FG_OUTCOME_FILTERED ? static_cast<size_t>(outcome) : kOutcomeKinds;
+    acked_[i].fetch_add(1, std::memory_order_relaxed);
   }
 
   fg_status publish(const fg_message& m, uint64_t delivery_id) override {
@@ -388,10 +476,13 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     uint64_t delivery_id = 0;
     int attempts = 0;
   };
+  static constexpr fg_status kPending = -1;
   struct Sub {
     uint64_t id;
     std::string filter;         // the host's filter
     std::string broker_filter;  // prefix + filter
+    fg_status reported = kPending;  // what FG_EVENT_SUBSCRIPTION said last (kPending: nothing yet)
+    int failures = 0;               // subscribe attempts that failed without a broker answer
   };
   struct SubOp {
     bool subscribe;
@@ -417,13 +508,64 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     std::string payload;
     std::vector<std::pair<std::string, std::string>> headers;
     int64_t timestamp_ms;
+    uint64_t token;
+    size_t bytes;
   };
+
+  // Counts a paho callback in progress; `ok` is false once stop() closed the door (then the
+  // callback must not touch the host). stop() waits for the count to reach zero.
+  struct CallbackGuard {
+    explicit CallbackGuard(MqttPlugin* p) : p_(p) {
+      p_->callbacks_active_.fetch_add(1);
+      ok = !p_->callbacks_closed_.load();
+    }
+    ~CallbackGuard() { p_->callbacks_active_.fetch_sub(1); }
+    CallbackGuard(const CallbackGuard&) = delete;
+    CallbackGuard& operator=(const CallbackGuard&) = delete;
+    bool ok;
+
+   private:
+    MqttPlugin* p_;
+  };
+
+  std::unique_ptr<mqtt::async_client> makeClient(int version) {
+    mqtt::create_options co(version);
+    // Paho refuses sends (-12, MQTTASYNC_MAX_BUFFERED_MESSAGES) once its own command queue
+    // holds max_buffered_messages (default 100), even while connected. The plugin bounds its
+    // queue itself (queue_max) and never hands paho more than its window, so give paho room.
+    co.set_max_buffered_messages(static_cast<int>(std::min<size_t>(s_.queue_max + 1000, 1000000000)));
+    auto c = std::make_unique<mqtt::async_client>(s_.paho_url, s_.client_id, co, nullptr);
+    mqtt::async_client* self = c.get();
+    c->set_message_callback([this](mqtt::const_message_ptr m) {
+      CallbackGuard g(this);
+      if (g.ok) onInbound(m);
+    });
+    // A late word from the client that is not the current one (auto: the other version's)
+    // says nothing about the current connection.
+    c->set_connection_lost_handler([this, self](const std::string& cause) {
+      CallbackGuard g(this);
+      if (g.ok && client_.load() == self) connectionLost(cause.empty() ? "connection lost" : "connection lost: " + cause);
+    });
+    c->set_disconnected_handler([this, self](const mqtt::properties&, mqtt::ReasonCode rc) {
+      CallbackGuard g(this);
+      if (g.ok && client_.load() == self)
+        connectionLost("broker sent DISCONNECT (" + disconnectReason(static_cast<int>(rc)) + ")");
+    });
+    return c;
+  }
+  mqtt::async_client& client() { return *client_.load(); }
 
   class PubListener : public mqtt::iaction_listener {
    public:
     explicit PubListener(MqttPlugin* p) : p_(p) {}
-    void on_success(const mqtt::token& t) override { p_->publishDone(t, true); }
-    void on_failure(const mqtt::token& t) override { p_->publishDone(t, false); }
+    void on_success(const mqtt::token& t) override {
+      CallbackGuard g(p_);
+      if (g.ok) p_->publishDone(t, true);
+    }
+    void on_failure(const mqtt::token& t) override {
+      CallbackGuard g(p_);
+      if (g.ok) p_->publishDone(t, false);
+    }
 
    private:
     MqttPlugin* p_;
@@ -431,8 +573,14 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   class SubListener : public mqtt::iaction_listener {
    public:
     explicit SubListener(MqttPlugin* p) : p_(p) {}
-    void on_success(const mqtt::token& t) override { p_->subscribeDone(t, true); }
-    void on_failure(const mqtt::token& t) override { p_->subscribeDone(t, false); }
+    void on_success(const mqtt::token& t) override {
+      CallbackGuard g(p_);
+      if (g.ok) p_->subscribeDone(t, true);
+    }
+    void on_failure(const mqtt::token& t) override {
+      CallbackGuard g(p_);
+      if (g.ok) p_->subscribeDone(t, false);
+    }
 
    private:
     MqttPlugin* p_;
@@ -440,8 +588,14 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   class UnsubListener : public mqtt::iaction_listener {
    public:
     explicit UnsubListener(MqttPlugin* p) : p_(p) {}
-    void on_success(const mqtt::token& t) override { p_->unsubscribeDone(t, true); }
-    void on_failure(const mqtt::token& t) override { p_->unsubscribeDone(t, false); }
+    void on_success(const mqtt::token& t) override {
+      CallbackGuard g(p_);
+      if (g.ok) p_->unsubscribeDone(t, true);
+    }
+    void on_failure(const mqtt::token& t) override {
+      CallbackGuard g(p_);
+      if (g.ok) p_->unsubscribeDone(t, false);
+    }
 
    private:
     MqttPlugin* p_;
@@ -497,10 +651,12 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         sleepUnlessStopped(std::chrono::milliseconds(delay_ms));
         continue;
       }
-      // Connected: Nagle off (see tcp_nodelay.hpp), every subscription, then UP/RECONNECTED,
-      // then the queued publishes.
+      // Connected: Nagle off (see tcp_nodelay.hpp), the connection's facts (before any message
+      // of it can arrive: no-local decides whether the host needs its echo window), every
+      // subscription, then UP/RECONNECTED, then the queued publishes.
       int nodelay = fingate::setTcpNoDelayToPort(s_.port);
       host_.debug("mqtt " + s_.url + ": TCP_NODELAY set on " + std::to_string(nodelay) + " socket(s)");
+      host_.connectionFacts(version_ == kV5 ? FG_CONN_NO_LOCAL : 0u);
       if (!restoreSubscriptions(reason)) {
         if (stopRequested()) break;
         dropConnection(reason);
@@ -547,8 +703,14 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       if (stopRequested()) return ConnectResult::Stopped;
       mqtt::token_ptr tok;
       host_.debug("mqtt " + s_.url + ": connecting with mqtt " + versionName(v));
+      {
+        // Not connected: no publish() is handing anything to paho (it checks connected_ under
+        // send_mu_), so the current client can change here.
+        std::lock_guard sl(send_mu_);
+        client_ = v == kV5 ? client5_.get() : client311_.get();
+      }
       try {
-        tok = client_->connect(connectOptions(v));
+        tok = client().connect(connectOptions(v));
       } catch (const mqtt::exception& e) {
         reason = std::string("connect failed: ") + e.what();
         return ConnectResult::Failed;
@@ -614,11 +776,20 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       }
       bool version_refused = connack == 1 || connack == 0x84;
       bool tcp_failed = msg.find("TCP/TLS connect failure") != std::string::npos;
+      bool timed_out = msg.find("timed out") != std::string::npos || msg.find("timeout") != std::string::npos;
+      // paho's own complaints about our options are not a broker's answer.
+      bool local_error = rc < 0 && rc != MQTTASYNC_FAILURE && rc != MQTTASYNC_DISCONNECTED;
       if (tcp_failed && s_.tls) msg += tlsReason();
       reason = "connect to " + s_.url + " (mqtt " + versionName(v) + ") failed: " + msg +
                (connack ? " (CONNACK " + hex2(connack) + ")" : "");
-      if (v == kV5 && i + 1 < versions.size() && (version_refused || (!tcp_failed && !connack))) {
-        host_.info("mqtt " + s_.url + ": MQTT 5 refused (" + msg + "), trying MQTT 3.1.1");
+      // A broker that refuses 5 (CONNACK "unacceptable protocol version") or closes the
+      // connection without a CONNACK; never a broker that is down or slow.
+      if (v == kV5 && i + 1 < versions.size() &&
+          (version_refused || (!tcp_failed && !connack && !timed_out && !local_error))) {
+        host_.log(fallback_logged_ ? FG_LOG_DEBUG : FG_LOG_INFO,
+                  "mqtt " + s_.url + ": MQTT 5 refused (" + msg + (connack ? ", CONNACK " + hex2(connack) : "") +
+                      "), trying MQTT 3.1.1");
+        fallback_logged_ = true;
         continue;
       }
       return ConnectResult::Failed;
@@ -761,7 +932,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         ++pub_ops_;
       }
       try {
-        client_->publish(msg, opCtx(id), pub_listener_);
+        client().publish(msg, opCtx(id), pub_listener_);
       } catch (const mqtt::exception& e) {
         int rc = e.get_return_code();
         uint64_t failed_delivery = 0;  // 0: none to report
@@ -772,6 +943,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
           if (!node.empty()) {
             --pub_ops_;
             Out o = std::move(node.mapped().out);
+            if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT) paho_busy_.fetch_add(1);
             if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT || caller)
               --o.attempts;  // busy; or on the host's thread: the worker decides (and reports) below
             if (!caller && (isDefinitivePublishFailure(rc, 0) || o.attempts > kMaxAttempts)) {
@@ -820,16 +992,85 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         // message apart when several subscriptions match it.
         mqtt::properties props;
         if (sid) props.add(mqtt::property(mqtt::property::SUBSCRIPTION_IDENTIFIER, sid));
-        client_->subscribe(g.broker_filter, s_.qos, opCtx(id), sub_listener_, mqtt::subscribe_options(true), props);
+        client().subscribe(g.broker_filter, s_.qos, opCtx(id), sub_listener_, mqtt::subscribe_options(true), props);
       } else
-        client_->subscribe(g.broker_filter, s_.qos, opCtx(id), sub_listener_);
+        client().subscribe(g.broker_filter, s_.qos, opCtx(id), sub_listener_);
       return true;
     } catch (const mqtt::exception& e) {
-      std::lock_guard lk(mu_);
-      if (ops_.erase(id) && restore) restore_failed_ = true;
+      bool mine;
+      {
+        std::lock_guard lk(mu_);
+        mine = ops_.erase(id) != 0;
+        if (mine && restore) restore_failed_ = true;
+      }
       cv_.notify_all();
       host_.warn("mqtt " + s_.url + ": subscribe '" + g.broker_filter + "' failed: " + e.what());
+      if (mine && !restore) subscribeFailed(g.ids, g.broker_filter, e.get_return_code(), e.what());
       return false;
+    }
+  }
+
+  // Paho's own errors that sending again will not heal.
+  static bool isDefinitiveLocalError(int rc) {
+    switch (rc) {
+      case MQTTASYNC_BAD_UTF8_STRING:
+      case MQTTASYNC_NULL_PARAMETER:
+      case MQTTASYNC_TOPICNAME_TRUNCATED:
+      case MQTTASYNC_BAD_STRUCTURE:
+      case MQTTASYNC_BAD_QOS:
+      case MQTTASYNC_BAD_PROTOCOL:
+      case MQTTASYNC_BAD_MQTT_OPTION:
+      case MQTTASYNC_WRONG_MQTT_VERSION:
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  // FG_EVENT_SUBSCRIPTION for those of `ids` still subscribed to broker_filter, when st differs
+  // from what was reported for them last (so a restore after a reconnect settles what was
+  // pending, and repeats nothing). Called without mu_.
+  void settle(const std::vector<uint64_t>& ids, const std::string& broker_filter, fg_status st, const std::string& detail) {
+    std::vector<uint64_t> report;
+    {
+      std::lock_guard lk(mu_);
+      for (auto& sub : subs_) {
+        if (sub.broker_filter != broker_filter || std::find(ids.begin(), ids.end(), sub.id) == ids.end()) continue;
+        if (st == FG_OK) sub.failures = 0;
+        if (sub.reported == st) continue;
+        sub.reported = st;
+        report.push_back(sub.id);
+      }
+    }
+    for (uint64_t id : report) host_.subscriptionSettled(id, st, detail);
+  }
+
+  // A subscribe (not part of a restore) failed without an answer from the broker. When the
+  // connection is going away, the restore after the reconnect settles it; while it stays up,
+  // it is tried again, and reported refused (FG_ERR_UNAVAILABLE) after kMaxAttempts failures.
+  void subscribeFailed(const std::vector<uint64_t>& ids, const std::string& filter, int rc, const std::string& what) {
+    if (isDefinitiveLocalError(rc)) {
+      std::string detail = "paho refused the subscription to '" + filter + "' (rc " + std::to_string(rc) + ": " + what + ")";
+      host_.error("mqtt " + s_.url + ": " + detail);
+      settle(ids, filter, FG_ERR_STATE, detail);
+      return;
+    }
+    std::vector<uint64_t> retry, give_up;
+    {
+      std::lock_guard lk(mu_);
+      if (!connected_ || lost_ || stop_) return;
+      for (auto& sub : subs_) {
+        if (sub.broker_filter != filter || std::find(ids.begin(), ids.end(), sub.id) == ids.end()) continue;
+        (++sub.failures >= kMaxAttempts ? give_up : retry).push_back(sub.id);
+      }
+      if (!retry.empty()) subops_.push_back(SubOp{true, filter, retry});
+    }
+    cv_.notify_all();
+    if (!give_up.empty()) {
+      std::string detail = "the subscription to '" + filter + "' failed " + std::to_string(kMaxAttempts) +
+                           " times without an answer from the broker (rc " + std::to_string(rc) + ")";
+      host_.error("mqtt " + s_.url + ": " + detail);
+      settle(give_up, filter, FG_ERR_UNAVAILABLE, detail);
     }
   }
 
@@ -841,7 +1082,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       ops_.emplace(id, Op{OpKind::Unsubscribe, gen_, {}, broker_filter, {}, false, false, {}});
     }
     try {
-      client_->unsubscribe(broker_filter, opCtx(id), unsub_listener_);
+      client().unsubscribe(broker_filter, opCtx(id), unsub_listener_);
     } catch (const mqtt::exception& e) {
       std::lock_guard lk(mu_);
       ops_.erase(id);
@@ -887,13 +1128,16 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     if (delivery) host_.onDelivery(delivery, status);
   }
 
+  // SUBACK (or its absence). Settles the subscriptions of the op: FG_OK when granted,
+  // FG_ERR_STATE when the broker refused (MQTT 5 reason >= 0x80, 3.1.1 return code 0x80).
   void subscribeDone(const mqtt::token& t, bool ok) {
     uint64_t id = opId(t);
-    std::vector<uint64_t> confirmed;
     std::string filter;
+    std::vector<uint64_t> ids;
     bool refused = false;
     bool restore = false;
     int code = 0;
+    int rc = 0;
     {
       std::lock_guard lk(mu_);
       auto it = ops_.find(id);
@@ -902,41 +1146,45 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       Op op = std::move(it->second);
       ops_.erase(it);
       filter = op.filter;
+      ids = std::move(op.sub_ids);
       if (ok) {
         code = reasonOf(t);
         try {
           mqtt::subscribe_response rsp = t.get_subscribe_response();
-          for (auto rc : rsp.get_reason_codes())
-            if (static_cast<int>(rc) >= 0x80) code = static_cast<int>(rc);
+          for (auto r : rsp.get_reason_codes())
+            if (static_cast<int>(r) >= 0x80) code = static_cast<int>(r);
         } catch (...) {
           // no response details: keep the token's own reason code
         }
         refused = code >= 0x80;
       } else {
-        int rc = t.get_return_code();
+        rc = t.get_return_code();
         int reason = reasonOf(t);
         code = reason >= 0x80 ? reason : rc;
         refused = reason >= 0x80 || rc == 0x80;
-        if (!refused) {
-          // Not an answer from the broker: the connection failed under it.
-          if (op.restore) restore_failed_ = true;
+        if (!refused && op.restore) {
+          // Not an answer from the broker: the connection failed under the restore, which
+          // starts over on a new connection (and settles these then).
+          restore_failed_ = true;
           cv_.notify_all();
           return;
         }
       }
-      if (!refused)
+      if (!refused && ok)
         if (auto bs = broker_subs_.find(filter); bs != broker_subs_.end()) bs->second.confirmed = true;
-      if (!refused)
-        for (uint64_t sid : op.sub_ids)
-          if (std::any_of(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.id == sid && s.broker_filter == filter; }))
-            confirmed.push_back(sid);
     }
-    if (refused)
-      host_.error("mqtt " + s_.url + ": the broker refused the subscription to '" + filter + "' (reason " + hex2(code) + ")");
-    for (uint64_t sid : confirmed) host_.onState(FG_STATE_SUBSCRIBED, std::to_string(sid));
+    if (!ok && !refused) {
+      subscribeFailed(ids, filter, rc, "no SUBACK");
+    } else if (refused) {
+      std::string detail = "the broker refused the subscription to '" + filter + "' (" + subackReason(code) + ")";
+      host_.error("mqtt " + s_.url + ": " + detail);
+      settle(ids, filter, FG_ERR_STATE, detail);
+    } else {
+      settle(ids, filter, FG_OK, "");
+    }
     if (restore) {
       // Only now: the worker reports RECONNECTED when the last one is counted, and every
-      // SUBSCRIBED must come before it.
+      // settlement must come before it.
       std::lock_guard lk(mu_);
       if (restore_pending_ > 0) --restore_pending_;
     }
@@ -1025,43 +1273,70 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     } catch (...) {
     }
     int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    uint64_t token = next_token_.fetch_add(1, std::memory_order_relaxed);
     std::unique_lock lk(hold_mu_);
     if (hold_.empty()) {
       // Nothing waiting before it: hand it over directly (the common case).
       lk.unlock();
-      fg_status st = deliver(sub_id, topic, std::string_view(payload.data(), payload.size()), headers, now_ms);
+      fg_status st = deliver(sub_id, topic, std::string_view(payload.data(), payload.size()), headers, now_ms, token);
       if (st != FG_RETRY) return;
       lk.lock();
     }
-    // Keep it, in order, for the redelivery thread. A full hold blocks this (paho's) thread,
-    // which stops reading from the broker; after a while the message is admitted over the
-    // bound anyway, so that one stuck host queue cannot freeze every paho client of the process.
-    if (hold_.size() >= s_.inflight_max) {
-      if (!hold_full_logged_) {
-        host_.warn("mqtt " + s_.url + ": inbound hold full (" + std::to_string(hold_.size()) +
-                   " messages the host answered RETRY for); slowing the broker connection down");
-        hold_full_logged_ = true;
-      }
-      hold_cv_.wait_for(lk, 1s, [&] { return stopping_ || hold_.size() < s_.inflight_max; });
-      if (hold_.size() >= s_.inflight_max && !stopping_) ++hold_overflow_;
-    }
+    // Keep it, in order, for the redelivery thread. This is paho's one callback thread for
+    // every MQTT client of the process: it never waits here. When the hold is full the
+    // message is lost (paho acknowledged it to the broker on receipt; there is no manual ack).
+    size_t bytes = full.size() + payload.size();
+    for (auto& [k, v] : headers) bytes += k.size() + v.size();
     if (stopping_) {
       ++inbound_lost_;
       return;
     }
-    hold_.push_back(Held{sub_id, std::string(topic), std::string(payload.data(), payload.size()), std::move(headers), now_ms});
+    if (hold_.size() >= s_.hold_max || hold_bytes_ + bytes > s_.hold_max_bytes) {
+      ++hold_dropped_;
+      ++drops_unlogged_;
+      // The first loss at once, then at most one line per kDropLogInterval (with the count).
+      auto now = Clock::now();
+      if (now >= next_drop_log_) {
+        next_drop_log_ = now + kDropLogInterval;
+        uint64_t n = drops_unlogged_;
+        drops_unlogged_ = 0;
+        lk.unlock();
+        logDrops(n);
+      }
+      return;
+    }
+    if (hold_.empty()) hold_started_ = Clock::now();
+    hold_bytes_ += bytes;
+    hold_.push_back(Held{sub_id, std::string(topic), std::string(payload.data(), payload.size()), std::move(headers), now_ms, token, bytes});
     ++held_total_;
     lk.unlock();
     hold_cv_.notify_all();
   }
 
+  void logDrops(uint64_t n) {
+    host_.error("mqtt " + s_.url + ": inbound hold full (" + std::to_string(s_.hold_max) + " messages / " +
+                std::to_string(s_.hold_max_bytes) + " bytes: the host has answered RETRY for a while): " +
+                std::to_string(n) + " message(s) LOST since the last report, " + std::to_string(hold_dropped_.load()) +
+                " in all (paho acknowledges on receipt, so the broker will not send them again; raise "
+                "inbound_hold_max / inbound_hold_max_bytes or speed up the route)");
+  }
+
   fg_status deliver(uint64_t sub_id, std::string_view topic, std::string_view payload,
-                    const std::vector<std::pair<std::string, std::string>>& headers, int64_t ts) {
+                    const std::vector<std::pair<std::string, std::string>>& headers, int64_t ts, uint64_t token) {
     std::vector<fg_header> hs;
     hs.reserve(headers.size());
     for (auto& [k, v] : headers) hs.push_back(fg_header{fingate::sdk::str(k), fingate::sdk::str(v)});
     fg_message msg{fingate::sdk::str(topic), fingate::sdk::str(payload), hs.empty() ? nullptr : hs.data(), hs.size(), ts, 0};
-    return host_.onMessage(sub_id, msg);
+    bool tracked = false;
+    fg_status st = host_.onMessageTracked(sub_id, msg, token, &tracked);
+    if (st == FG_OK) {
+      // Without tokens (a 1.0 host) the host's FG_OK is the last word: count it as delivered.
+      if (tracked) handed_tracked_.fetch_add(1, std::memory_order_relaxed);
+      else handed_untracked_.fetch_add(1, std::memory_order_relaxed);
+    } else if (st != FG_RETRY) {
+      host_refused_.fetch_add(1, std::memory_order_relaxed);
+    }
+    return st;
   }
 
   void redeliverLoop() {
@@ -1072,22 +1347,47 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       if (stopping_) return;
       Held& h = hold_.front();  // stays at the front (and in place) until the host takes it
       lk.unlock();
-      fg_status st = deliver(h.sub_id, h.topic, h.payload, h.headers, h.timestamp_ms);
+      fg_status st = deliver(h.sub_id, h.topic, h.payload, h.headers, h.timestamp_ms, h.token);
       lk.lock();
       if (st == FG_RETRY) {
+        // The host never says when it has room again: ask again shortly.
         hold_cv_.wait_for(lk, pause, [&] { return stopping_.load(); });
         pause = std::min<std::chrono::milliseconds>(pause * 2, 10ms);
         continue;
       }
       pause = 1ms;
+      hold_bytes_ -= h.bytes;
       hold_.pop_front();
-      if (hold_.empty() && hold_full_logged_) {
-        host_.info("mqtt " + s_.url + ": inbound hold drained (" + std::to_string(held_total_) + " held so far, " +
-                   std::to_string(hold_overflow_) + " admitted over the bound)");
-        hold_full_logged_ = false;
+      if (hold_.empty()) {
+        auto held_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - hold_started_).count();
+        if (held_ms >= 1000)
+          host_.info("mqtt " + s_.url + ": inbound hold drained after " + std::to_string(held_ms) + " ms (" +
+                     std::to_string(held_total_) + " messages held so far, " + std::to_string(hold_dropped_.load()) +
+                     " lost to a full hold)");
       }
-      hold_cv_.notify_all();
     }
+  }
+
+  // At stop: what happened to the inbound messages, by kind.
+  void logInboundTotals() {
+    uint64_t tracked = handed_tracked_.load(), untracked = handed_untracked_.load();
+    uint64_t acked = 0;
+    for (auto& a : acked_) acked += a.load();
+    std::string line = "mqtt " + s_.url + ": inbound totals: " + std::to_string(tracked + untracked) + " handed to the host";
+    if (untracked) line += " (" + std::to_string(untracked) + " without an outcome token)";
+    line += "; outcomes: delivered " + std::to_string(acked_[FG_OUTCOME_DELIVERED].load()) + ", dead_lettered " +
+            std::to_string(acked_[FG_OUTCOME_DEAD_LETTERED].load()) + ", refused " +
+            std::to_string(acked_[FG_OUTCOME_REFUSED].load()) + ", filtered " +
+            std::to_string(acked_[FG_OUTCOME_FILTERED].load());
+    if (acked_[kOutcomeKinds].load()) line += ", unknown outcome " + std::to_string(acked_[kOutcomeKinds].load());
+    line += "; not acked yet " + std::to_string(tracked >= acked ? tracked - acked : 0);
+    if (acked_unknown_.load()) line += "; acks for unknown tokens " + std::to_string(acked_unknown_.load());
+    line += "; refused by the host " + std::to_string(host_refused_.load()) + "; held for back-pressure " +
+            std::to_string(held_total_) + "; lost to a full hold " + std::to_string(hold_dropped_.load()) +
+            "; lost at stop " + std::to_string(inbound_lost_.load());
+    if (paho_busy_.load())
+      line += "; paho answered busy to " + std::to_string(paho_busy_.load()) + " publish(es)";
+    host_.info(line);
   }
 
   // ---- connection bookkeeping ----------------------------------------------------------------
@@ -1108,7 +1408,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     if (was_connected) {
       // Make sure paho's side is closed too (a timed-out restore leaves it connected).
       try {
-        if (client_->is_connected()) client_->disconnect(0)->wait_for(1s);
+        if (client().is_connected()) client().disconnect(0)->wait_for(1s);
       } catch (...) {
       }
     }
@@ -1146,7 +1446,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       connected = connected_ && !lost_;
       deadline = stop_deadline_;
     }
-    if (!connected || !client_) return;
+    if (!connected || !client_.load()) return;
     // Flush what is queued, within the broker's window.
     while (Clock::now() < deadline) {
       {
@@ -1164,7 +1464,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     try {
-      auto tok = client_->disconnect(static_cast<int>(std::max<long long>(0, left)));
+      auto tok = client().disconnect(static_cast<int>(std::max<long long>(0, left)));
       tok->wait_for(std::chrono::milliseconds(std::max<long long>(100, left + 200)));
     } catch (...) {
     }
@@ -1228,7 +1528,11 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   PubListener pub_listener_;
   SubListener sub_listener_;
   UnsubListener unsub_listener_;
-  std::unique_ptr<mqtt::async_client> client_;
+  // The paho clients (see start()) and the one of the current connection attempt. client_
+  // changes only on the worker, while not connected, under send_mu_.
+  std::unique_ptr<mqtt::async_client> client5_;
+  std::unique_ptr<mqtt::async_client> client311_;
+  std::atomic<mqtt::async_client*> client_{nullptr};
 
   std::mutex rng_mu_;
   std::mt19937 rng_;
@@ -1268,12 +1572,30 @@ class MqttPlugin final : public fingate::sdk::Plugin {
 
   std::atomic<bool> stopping_{false};
   std::atomic<size_t> inbound_lost_{0};
-  std::mutex hold_mu_;
+  std::mutex hold_mu_;  // guards the hold and its bookkeeping below
   std::condition_variable hold_cv_;
   std::deque<Held> hold_;
-  bool hold_full_logged_ = false;
+  size_t hold_bytes_ = 0;
+  Clock::time_point hold_started_{};
   uint64_t held_total_ = 0;
-  uint64_t hold_overflow_ = 0;
+  std::atomic<uint64_t> hold_dropped_{0};
+  uint64_t drops_unlogged_ = 0;
+  Clock::time_point next_drop_log_{};
+  static constexpr auto kDropLogInterval = 10s;
+
+  // Outcome tokens and counters (ABI 1.1).
+  static constexpr size_t kOutcomeKinds = 4;  // FG_OUTCOME_DELIVERED .. FG_OUTCOME_FILTERED
+  std::atomic<uint64_t> next_token_{1};
+  std::atomic<uint64_t> handed_tracked_{0};
+  std::atomic<uint64_t> handed_untracked_{0};
+  std::atomic<uint64_t> host_refused_{0};
+  std::array<std::atomic<uint64_t>, kOutcomeKinds + 1> acked_{};  // the last: an unknown outcome
+  std::atomic<uint64_t> acked_unknown_{0};
+  std::atomic<uint64_t> paho_busy_{0};  // publishes paho refused as busy (-4, -12)
+
+  std::atomic<int> callbacks_active_{0};
+  std::atomic<bool> callbacks_closed_{false};
+  bool fallback_logged_ = false;  // worker only
 
   std::thread worker_;
   std::thread redeliver_;
@@ -1284,4 +1606,5 @@ class MqttPlugin final : public fingate::sdk::Plugin {
 FG_DEFINE_PLUGIN(MqttPlugin, "mqtt", "0.1.0", FG_CAP_DELIVERY | FG_CAP_SUBSCRIBE_ACK, "url", "client_id", "qos",
                  "mqtt_version", "username", "password", "topic_prefix", "tls.ca_file", "tls.cert_file", "tls.key_file",
                  "tls.verify", "keepalive_s", "reconnect_min_ms", "reconnect_max_ms", "connect_retry",
-                 "connect_timeout_ms", "inflight_max", "queue_max", "clean_session")
+                 "connect_timeout_ms", "inbound_hold_max", "inbound_hold_max_bytes", "inflight_max", "queue_max",
+                 "clean_session")

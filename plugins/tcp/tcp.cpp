@@ -1,5 +1,5 @@
 // tcp: fingate's framed TCP transport (DESIGN §5; the client-facing contract is in
-// docs/transports.md, section "TCP").
+// docs/transports.md, section "TCP"). The frame codec itself is in frame.hpp (no I/O).
 //
 // Frames, big-endian:  u32 length-of-rest | u8 kind | u16 topic-length | topic | payload
 // Kinds: 1 publish, 2 subscribe (topic = filter), 3 unsubscribe, 4 ping, 5 pong, 6 error.
@@ -8,13 +8,22 @@
 //              client publishes go to the host with that session id, subscriptions are local
 //              to the connection, host publishes go to one session or to every matching
 //              subscriber. Bad frames get an error frame, then that one connection is closed.
+//              Per-session back-pressure (ABI 1.1): a publish to a session whose outbound
+//              buffer holds session_buffer_bytes or more answers FG_RETRY (the host keeps that
+//              session's messages in its own queue); once the buffer drained below half, the
+//              host gets FG_EVENT_SESSION_WRITABLE. The host closes a slow session with
+//              close_session (error frame, then close; what it still held is FAILED).
+//              Limits: max_connections, max_connections_per_ip, max_pending_bytes (unfinished
+//              inbound frames of all connections together), max_subscriptions per session.
 // connect mode a client of a server speaking the same frames (typically another fingate):
 //              reconnects with jittered exponential backoff and re-sends every subscription.
 //
 // Threading: each instance owns one I/O thread running an asio::io_context. Every socket,
 // timer and connection object is touched only from that thread (after start() and before
-// stop() has joined it). publish/subscribe/unsubscribe copy what they need and post into it:
-// they never block on the network.
+// stop() has joined it). publish/subscribe/unsubscribe/close_session copy what they need and
+// post into it: they never block on the network. publish appends to an inbox (a vector under
+// a mutex) and posts one drain for a whole batch, so the hot path costs one lock and one
+// allocation (the frame) per message.
 #ifndef ASIO_STANDALONE
 #define ASIO_STANDALONE
 #endif
@@ -39,8 +48,12 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
+
+#include "frame.hpp"
 
 namespace fingate {
 namespace {
@@ -51,12 +64,8 @@ using Ms = std::chrono::milliseconds;
 using sdk::ConfigError;
 using sdk::str;
 using sdk::view;
+using namespace tcpframe;
 
-// ---- wire format -------------------------------------------------------------------------
-
-enum Kind : uint8_t { kPublish = 1, kSubscribe = 2, kUnsubscribe = 3, kPing = 4, kPong = 5, kError = 6 };
-
-constexpr size_t kHeaderBytes = 7;               // u32 length-of-rest + u8 kind + u16 topic length
 constexpr size_t kReadChunk = 64 * 1024;         // bytes asked for per read
 constexpr size_t kMaxBatchFrames = 64;           // frames per gathered write
 constexpr size_t kMaxBatchBytes = 256 * 1024;    // bytes per gathered write
@@ -66,101 +75,23 @@ constexpr uint32_t kConnectTimeoutMs = 10000;    // connect mode: one TCP connec
 constexpr uint32_t kBackoffMinMs = 100;          // connect mode: first reconnect delay
 constexpr uint32_t kAcceptRetryMs = 100;         // listen mode: after a failed accept (EMFILE ...)
 constexpr size_t kMaxDetailTopic = 200;          // topic bytes quoted in error details / logs
+constexpr size_t kMaxRejecting = 64;             // connections refused by a limit that still get their error frame
 
-uint32_t be32(const unsigned char* p) {
-  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
-}
-uint16_t be16(const unsigned char* p) { return uint16_t(uint16_t(p[0]) << 8 | uint16_t(p[1])); }
-
-// A whole frame. The caller checked topic.size() <= 0xffff and the total against the limits.
-std::string encodeFrame(uint8_t kind, std::string_view topic, std::string_view payload) {
-  const uint32_t rest = static_cast<uint32_t>(3 + topic.size() + payload.size());
-  std::string out(4 + size_t(rest), '\0');
-  auto* p = reinterpret_cast<unsigned char*>(out.data());
-  p[0] = static_cast<unsigned char>(rest >> 24);
-  p[1] = static_cast<unsigned char>(rest >> 16);
-  p[2] = static_cast<unsigned char>(rest >> 8);
-  p[3] = static_cast<unsigned char>(rest);
-  p[4] = kind;
-  p[5] = static_cast<unsigned char>(topic.size() >> 8);
-  p[6] = static_cast<unsigned char>(topic.size());
-  if (!topic.empty()) std::memcpy(p + kHeaderBytes, topic.data(), topic.size());
-  if (!payload.empty()) std::memcpy(p + kHeaderBytes + topic.size(), payload.data(), payload.size());
-  return out;
-}
-
-std::string_view frameTopic(const std::string& frame) {
-  const auto* p = reinterpret_cast<const unsigned char*>(frame.data());
-  return std::string_view(frame.data() + kHeaderBytes, be16(p + 5));
-}
-
-// Length of the valid UTF-8 sequence starting at s[i] (a byte >= 0x80), 0 when invalid.
-size_t utf8SequenceLength(std::string_view s, size_t i) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  size_t n;
-  uint32_t cp;
-  if (c >= 0xC2 && c <= 0xDF) n = 2, cp = c & 0x1Fu;
-  else if (c >= 0xE0 && c <= 0xEF) n = 3, cp = c & 0x0Fu;
-  else if (c >= 0xF0 && c <= 0xF4) n = 4, cp = c & 0x07u;
-  else return 0;
-  if (i + n > s.size()) return 0;
-  for (size_t k = 1; k < n; ++k) {
-    const auto d = static_cast<unsigned char>(s[i + k]);
-    if ((d & 0xC0u) != 0x80u) return 0;
-    cp = cp << 6 | (d & 0x3Fu);
+// A frame to send: one allocation holding the encoded bytes, shared by every connection a
+// broadcast goes to.
+struct FrameBytes {
+  std::shared_ptr<char[]> data;
+  size_t size = 0;
+  std::string_view topic() const {
+    return std::string_view(data.get() + kHeaderBytes, be16(reinterpret_cast<const unsigned char*>(data.get()) + 5));
   }
-  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF))
-    return 0;
-  return n;
-}
+};
 
-// A JSON string literal: quotes, backslashes and control characters escaped; bytes that are
-// not valid UTF-8 become U+FFFD, so the result is always valid JSON.
-void appendJsonString(std::string& out, std::string_view s) {
-  out += '"';
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x80) {
-      const size_t n = utf8SequenceLength(s, i);
-      if (n == 0) {
-        out += "\\ufffd";
-        ++i;
-      } else {
-        out.append(s.substr(i, n));
-        i += n;
-      }
-      continue;
-    }
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-    ++i;
-  }
-  out += '"';
-}
-
-// The payload of an error frame: {"error":"...","detail":"..."}.
-std::string errorJson(std::string_view error, std::string_view detail) {
-  std::string out = "{\"error\":";
-  appendJsonString(out, error);
-  out += ",\"detail\":";
-  appendJsonString(out, detail);
-  out += '}';
-  return out;
+FrameBytes makeFrame(uint8_t kind, std::string_view topic, std::string_view payload) {
+  const size_t n = frameSize(topic.size(), payload.size());
+  FrameBytes f{std::make_shared_for_overwrite<char[]>(n), n};
+  encodeFrameInto(f.data.get(), kind, topic, payload);
+  return f;
 }
 
 // A topic (or any client-supplied text) made safe for a log line: truncated, control bytes as '?'.
@@ -173,6 +104,95 @@ std::string printable(std::string_view s, size_t max = kMaxDetailTopic) {
   if (s.size() > max) out += "...";
   return out;
 }
+
+// A FIFO on one power-of-two array: a connection's outbound queue pushes and pops a frame per
+// message, and unlike std::deque it allocates nothing once it has grown to its working size.
+template <class T>
+class Ring {
+ public:
+  bool empty() const { return size_ == 0; }
+  size_t size() const { return size_; }
+  T& operator[](size_t i) { return buf_[(head_ + i) & (buf_.size() - 1)]; }
+  T& front() { return (*this)[0]; }
+  T& back() { return (*this)[size_ - 1]; }
+  void push_back(T v) {
+    if (size_ == buf_.size()) grow();
+    (*this)[size_] = std::move(v);
+    ++size_;
+  }
+  void pop_front() {
+    front() = T();
+    head_ = (head_ + 1) & (buf_.size() - 1);
+    --size_;
+  }
+  void pop_back() {
+    back() = T();
+    --size_;
+  }
+  // Moves everything out, in order, and releases the array.
+  std::deque<T> takeAll() {
+    std::deque<T> out;
+    for (size_t i = 0; i < size_; ++i) out.push_back(std::move((*this)[i]));
+    buf_.clear();
+    buf_.shrink_to_fit();
+    head_ = size_ = 0;
+    return out;
+  }
+  template <class F>
+  void forEach(F&& f) const {
+    for (size_t i = 0; i < size_; ++i) f(buf_[(head_ + i) & (buf_.size() - 1)]);
+  }
+
+ private:
+  void grow() {
+    std::vector<T> bigger(buf_.empty() ? 16 : buf_.size() * 2);
+    for (size_t i = 0; i < size_; ++i) bigger[i] = std::move((*this)[i]);
+    buf_.swap(bigger);
+    head_ = 0;
+  }
+  std::vector<T> buf_;
+  size_t head_ = 0, size_ = 0;
+};
+
+// Memory for the one inbox drain that is posted at a time: allocated once, reused for every
+// post (asio would otherwise allocate each post made from a thread outside the io_context).
+// Allocation happens under the plugin's life_mu_, deallocation on the io thread before the
+// drain runs (and takes life_mu_), so the flag needs no lock of its own.
+struct HandlerSlot {
+  alignas(std::max_align_t) unsigned char mem[1024];
+  bool in_use = false;
+};
+
+template <class T>
+struct SlotAllocator {
+  using value_type = T;
+  HandlerSlot* slot;
+  explicit SlotAllocator(HandlerSlot* s) noexcept : slot(s) {}
+  template <class U>
+  SlotAllocator(const SlotAllocator<U>& o) noexcept : slot(o.slot) {}
+  T* allocate(size_t n) {
+    if (!slot->in_use && sizeof(T) * n <= sizeof slot->mem) {
+      slot->in_use = true;
+      return reinterpret_cast<T*>(slot->mem);
+    }
+    return static_cast<T*>(::operator new(sizeof(T) * n));
+  }
+  void deallocate(T* p, size_t) noexcept {
+    if (reinterpret_cast<unsigned char*>(p) == slot->mem) {
+      slot->in_use = false;
+      return;
+    }
+    ::operator delete(p);
+  }
+  template <class U>
+  bool operator==(const SlotAllocator<U>& o) const noexcept {
+    return slot == o.slot;
+  }
+  template <class U>
+  bool operator!=(const SlotAllocator<U>& o) const noexcept {
+    return slot != o.slot;
+  }
+};
 
 // ---- configuration -----------------------------------------------------------------------
 
@@ -208,7 +228,13 @@ struct Settings {
   bool listen = true;
   HostPort address;
   uint32_t max_frame_bytes = 1048576;
-  size_t max_outbound_bytes = 8u * 1024 * 1024;
+  size_t session_buffer_bytes = 256 * 1024;        // listen: FG_RETRY for a session at or above this
+  size_t max_outbound_bytes = 8u * 1024 * 1024;    // listen: hard cap of one connection (broadcasts);
+                                                   // connect: the send queue while disconnected
+  size_t max_connections = 1024;
+  size_t max_connections_per_ip = 64;
+  size_t max_pending_bytes = 64u * 1024 * 1024;
+  size_t max_subscriptions = 1024;
   uint32_t reconnect_max_ms = 5000;
   uint32_t frame_timeout_ms = 30000;
   uint32_t keepalive_ms = 10000;
@@ -217,10 +243,12 @@ struct Settings {
   bool tls_verify = true;
 };
 
-const char* const kKnownKeys[] = {"listen",          "connect",          "max_frame_bytes",  "max_outbound_bytes",
-                                  "reconnect_max_ms", "frame_timeout_ms", "keepalive_ms",     "tls.enabled",
-                                  "tls.cert_file",   "tls.key_file",     "tls.ca_file",      "tls.verify",
-                                  "plugin",          "role"};
+#define FG_TCP_KEYS                                                                                             \
+  "listen", "connect", "max_frame_bytes", "session_buffer_bytes", "max_outbound_bytes", "max_connections",     \
+      "max_connections_per_ip", "max_pending_bytes", "max_subscriptions", "reconnect_max_ms", "frame_timeout_ms", \
+      "keepalive_ms", "tls.enabled", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.verify"
+
+const char* const kKnownKeys[] = {FG_TCP_KEYS, "plugin", "role"};
 
 Settings parseSettings(const sdk::Config& cfg) {
   for (const auto& [key, value] : cfg.all()) {
@@ -235,7 +263,16 @@ Settings parseSettings(const sdk::Config& cfg) {
   s.listen = has_listen;
   s.address = has_listen ? parseHostPort("listen", cfg.get("listen"), true) : parseHostPort("connect", cfg.get("connect"), false);
   s.max_frame_bytes = static_cast<uint32_t>(cfg.getInt("max_frame_bytes", 1048576, 16, 1LL << 30));
+  s.session_buffer_bytes = static_cast<size_t>(cfg.getInt("session_buffer_bytes", 256 * 1024, 1024, 1LL << 40));
   s.max_outbound_bytes = static_cast<size_t>(cfg.getInt("max_outbound_bytes", 8LL * 1024 * 1024, 1024, 1LL << 40));
+  s.max_connections = static_cast<size_t>(cfg.getInt("max_connections", 1024, 1, 1000000));
+  s.max_connections_per_ip = static_cast<size_t>(cfg.getInt("max_connections_per_ip", 64, 1, 1000000));
+  s.max_pending_bytes = static_cast<size_t>(cfg.getInt("max_pending_bytes", 64LL * 1024 * 1024, 1024, 1LL << 40));
+  s.max_subscriptions = static_cast<size_t>(cfg.getInt("max_subscriptions", 1024, 1, 1000000));
+  if (s.max_pending_bytes < size_t(s.max_frame_bytes) + kLengthBytes)
+    throw ConfigError("max_pending_bytes", "must be at least max_frame_bytes + 4 (" +
+                                               std::to_string(size_t(s.max_frame_bytes) + kLengthBytes) +
+                                               "), or no frame of the maximum size could ever be received");
   s.reconnect_max_ms = static_cast<uint32_t>(cfg.getInt("reconnect_max_ms", 5000, kBackoffMinMs, 3600000));
   s.frame_timeout_ms = static_cast<uint32_t>(cfg.getInt("frame_timeout_ms", 30000, 10, 3600000));
   s.keepalive_ms = static_cast<uint32_t>(cfg.getInt("keepalive_ms", 10000, 100, 3600000));
@@ -256,7 +293,7 @@ Settings parseSettings(const sdk::Config& cfg) {
 
 // ---- connection pieces -------------------------------------------------------------------
 
-// Outcome of a delivery to one or more connections (io thread only).
+// Outcome of a broadcast to more than one connection (io thread only).
 struct Tracker {
   uint64_t delivery_id = 0;
   size_t remaining = 0;  // targets that have not written or failed yet
@@ -264,10 +301,18 @@ struct Tracker {
 };
 
 struct OutFrame {
-  std::shared_ptr<const std::string> bytes;
-  std::shared_ptr<Tracker> tracker;  // null: no delivery report wanted (or a control frame)
+  FrameBytes bytes;
+  std::shared_ptr<Tracker> tracker;  // a broadcast to several connections (else null)
+  uint64_t delivery_id = 0;          // one target's delivery report (tracker null); 0: none wanted
   uint8_t kind = kPublish;
-  bool counted = false;  // connect mode: counted in the plugin's outbound byte total
+  bool counted = false;              // connect mode: counted in the plugin's outbound byte total
+  bool session_counted = false;      // listen mode: publish() already counted it in the session's bytes
+};
+
+// What publish() shares with the I/O thread about one open session (listen mode).
+struct SessionState {
+  std::atomic<size_t> bytes{0};           // published to it and not yet written (or failed)
+  std::atomic<bool> wants_wakeup{false};  // a publish answered FG_RETRY since the last wake-up
 };
 
 // A plain or TLS stream over one TCP socket.
@@ -303,17 +348,26 @@ class TcpPlugin;
 // and writes its outbound queue with gathered writes. io thread only.
 class Conn : public std::enable_shared_from_this<Conn> {
  public:
-  Conn(TcpPlugin& owner, Stream stream, uint64_t session, bool server, std::string peer)
+  Conn(TcpPlugin& owner, Stream stream, uint64_t session, bool server, std::string peer, asio::ip::address addr = {})
       : stream_(std::move(stream)),
         session_(session),
         server_(server),
         peer_(std::move(peer)),
+        addr_(addr),
+        state_(std::make_shared<SessionState>()),
         owner_(owner),
+        rbuf_(kReadChunk),
         retry_timer_(stream_.socket().get_executor()),
         frame_timer_(stream_.socket().get_executor()),
         close_timer_(stream_.socket().get_executor()) {}
 
   void start();
+  // A connection refused by a limit: after the (TLS) handshake it only gets this error frame.
+  void reject(std::string error, std::string detail) {
+    reject_error_ = std::move(error);
+    reject_detail_ = std::move(detail);
+  }
+  bool rejected() const { return !reject_error_.empty(); }
   void push(OutFrame f);
   void sendError(std::string_view error, std::string_view detail);
   std::deque<OutFrame> takeUnsent();
@@ -326,6 +380,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
     return false;
   }
   std::string name() const {
+    if (rejected()) return "refused connection from " + peer_;
     return server_ ? "session " + std::to_string(session_) + " (" + peer_ + ")" : "connection to " + peer_;
   }
 
@@ -333,10 +388,13 @@ class Conn : public std::enable_shared_from_this<Conn> {
   const uint64_t session_;
   const bool server_;
   const std::string peer_;
+  const asio::ip::address addr_;
+  const std::shared_ptr<SessionState> state_;
   Phase phase_ = Phase::Handshake;
-  std::set<std::string> filters_;  // listen mode: this connection's subscriptions
-  size_t out_bytes_ = 0;           // bytes queued in outq_
-  bool paused_ = false;            // a received publish is held by back-pressure
+  std::set<std::string, std::less<>> filters_;  // listen mode: this connection's subscriptions
+  size_t out_bytes_ = 0;                         // bytes queued in outq_
+  bool paused_ = false;                          // a received publish is held by back-pressure
+  size_t pending_counted_ = 0;                   // unfinished-frame bytes counted in max_pending_bytes
   Clock::time_point last_rx_ = Clock::now();
 
  private:
@@ -351,19 +409,22 @@ class Conn : public std::enable_shared_from_this<Conn> {
   void startWrite();
   void onWritten(const asio::error_code& ec);
   void finishDrain();
+  void leaveOpen();
 
   TcpPlugin& owner_;
-  // read side: bytes [rbeg_, rend_) of rbuf_ are received but not yet consumed
-  std::vector<char> rbuf_;
-  size_t rbeg_ = 0, rend_ = 0;
+  std::string reject_error_, reject_detail_;
+  // read side
+  FrameBuffer rbuf_;
+  size_t next_frame_size_ = 0;  // size of the unfinished frame at the front, when known
   bool reading_ = false;
   asio::steady_timer retry_timer_, frame_timer_, close_timer_;
   uint64_t retry_gen_ = 0, frame_gen_ = 0, close_gen_ = 0;
   uint32_t retry_delay_ms_ = 0;
   bool frame_timer_armed_ = false;
   // write side
-  std::deque<OutFrame> outq_;
-  std::vector<std::shared_ptr<const std::string>> in_flight_;  // kept alive during a write
+  Ring<OutFrame> outq_;
+  std::vector<FrameBytes> in_flight_;  // kept alive during a write
+  std::vector<asio::const_buffer> wbufs_;
   bool writing_ = false;
   // closing
   std::string close_reason_;
@@ -416,16 +477,25 @@ class TcpPlugin final : public sdk::Plugin {
   fg_status publish(const fg_message& msg, uint64_t delivery_id) override;
   fg_status subscribe(std::string_view filter, uint64_t sub_id) override;
   fg_status unsubscribe(uint64_t sub_id) override;
+  fg_status closeSession(uint64_t session, const char* reason) override;
 
   // Called by Conn (io thread).
   const Settings& settings() const { return cfg_; }
-  bool kindAllowed(bool server, uint8_t kind) const {
-    return server ? (kind >= kPublish && kind <= kPing) : (kind == kPublish || kind == kPing || kind == kPong || kind == kError);
-  }
   FrameResult onFrame(Conn& c, uint8_t kind, std::string_view topic, std::string_view payload);
   void onReady(Conn& c);
   void onWritten(OutFrame& f);
+  void onDrained(Conn& c);
+  void onLeftOpen(Conn& c);
   void onClosed(Conn& c, bool was_ready, const std::string& reason, std::deque<OutFrame> unsent);
+  // Counts the connection's unfinished-frame bytes against max_pending_bytes; false (and
+  // nothing counted) when `now` more would exceed it.
+  bool accountPending(Conn& c, size_t now);
+  void releasePending(Conn& c) {
+    pending_total_ -= c.pending_counted_;
+    c.pending_counted_ = 0;
+  }
+  void limitHit(Conn& c, std::string_view error, const std::string& detail, bool close);
+  void settle(OutFrame& f, bool written);
   void warnLimited(const std::string& msg) { limited_log_.log(host_, FG_LOG_WARN, "tcp: " + msg); }
 
  private:
@@ -433,38 +503,52 @@ class TcpPlugin final : public sdk::Plugin {
     uint64_t id;
     std::string filter;
   };
+  // A publish handed to the I/O thread.
+  struct Posted {
+    FrameBytes bytes;
+    uint64_t session;
+    uint64_t delivery_id;
+  };
 
   bool setupTls();
   fg_status open(std::string& up_detail);
   void run();
+  void drainInbox();
   // listen mode
   void accept();
+  void admit(tcp::socket sock);
   FrameResult serverFrame(Conn& c, uint8_t kind, std::string_view topic, std::string_view payload);
-  void serverDeliver(const std::shared_ptr<const std::string>& frame, uint64_t session, uint64_t delivery_id);
-  void pushLimited(Conn& c, OutFrame f);
+  void serverDeliver(Posted& p);
+  void pushBroadcast(Conn& c, OutFrame f);
+  void serverCloseSession(uint64_t session, const std::string& reason);
   // connect mode
   void clientConnect();
   void clientFailed(const std::string& why);
   void scheduleReconnect();
   void clientReady(Conn& c);
   FrameResult clientFrame(Conn& c, uint8_t kind, std::string_view topic, std::string_view payload);
-  void clientSend(const std::shared_ptr<const std::string>& frame, uint64_t delivery_id);
+  void clientSend(Posted& p);
   void clientControl(uint8_t kind, const std::string& filter);
   void armKeepalive();
   void failPending();
   // both
-  void settle(const std::shared_ptr<Tracker>& t, bool written);
   void beginStop();
   void hardStop();
   void checkDrained();
+  std::vector<std::shared_ptr<Conn>> allConns();
 
   const Settings cfg_;
   RateLimitedLog limited_log_;
 
-  // Lifecycle, guarded by life_mu_ (host threads: publish/subscribe vs stop).
+  // Guarded by life_mu_ (host threads: publish/subscribe/close_session vs stop vs the io thread).
   std::mutex life_mu_;
   bool started_ = false;
   bool running_ = false;
+  std::vector<Posted> inbox_;  // publishes not yet taken by the io thread
+  size_t inbox_bytes_ = 0;     // ... of them broadcasts (listen) or all (connect)
+  bool inbox_scheduled_ = false;
+  HandlerSlot drain_slot_;     // the memory of the posted drain
+  std::unordered_map<uint64_t, std::shared_ptr<SessionState>> sessions_;  // open sessions publish may target
 
   std::unique_ptr<asio::io_context> io_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
@@ -477,11 +561,15 @@ class TcpPlugin final : public sdk::Plugin {
 
   // io thread state (and stop() after the join)
   bool stopping_ = false;
+  std::vector<Posted> inbox_work_;  // the batch being delivered
+  std::vector<Conn*> targets_;      // scratch: a broadcast's connections
   std::unique_ptr<tcp::acceptor> acceptor_;
   std::optional<asio::steady_timer> accept_timer_;
-  std::map<uint64_t, std::shared_ptr<Conn>> conns_;
+  std::unordered_map<uint64_t, std::shared_ptr<Conn>> conns_;
+  std::unordered_set<std::shared_ptr<Conn>> rejecting_;  // refused by a limit, sending their error frame
+  std::map<asio::ip::address, size_t> per_ip_;            // connections per client address
+  size_t pending_total_ = 0;                              // unfinished inbound frame bytes, all connections
   uint64_t next_session_ = 1;
-  std::atomic<size_t> posted_bytes_{0};  // listen mode: published, not yet queued on a connection
 
   std::shared_ptr<Conn> client_;
   std::deque<OutFrame> pending_;  // connect mode: publishes waiting for a connection
@@ -529,6 +617,11 @@ void Conn::start() {
 void Conn::ready() {
   phase_ = Phase::Open;
   last_rx_ = Clock::now();
+  if (rejected()) {
+    sendError(reject_error_, reject_detail_);
+    closeAfterFlush(reject_error_, true);
+    return;
+  }
   owner_.onReady(*this);
   if (phase_ != Phase::Open) return;
   startRead();
@@ -538,22 +631,16 @@ void Conn::ready() {
 void Conn::startRead() {
   if (reading_ || phase_ == Phase::Closed || phase_ == Phase::Handshake) return;
   if (phase_ == Phase::Open && paused_) return;
-  if (phase_ != Phase::Open) rbeg_ = rend_ = 0;  // closing: input is discarded
-  if (rbeg_ == rend_) {
-    rbeg_ = rend_ = 0;
-    if (rbuf_.size() > 4 * kReadChunk) std::vector<char>(kReadChunk).swap(rbuf_);  // after a big frame
-  } else if (rbeg_ > 0 && rbuf_.size() - rend_ < kReadChunk) {
-    std::memmove(rbuf_.data(), rbuf_.data() + rbeg_, rend_ - rbeg_);
-    rend_ -= rbeg_;
-    rbeg_ = 0;
+  if (phase_ != Phase::Open) {  // closing: input is discarded
+    rbuf_.clear();
+    next_frame_size_ = 0;
   }
-  if (rbuf_.size() - rend_ < kReadChunk) rbuf_.resize(rend_ + kReadChunk);
+  const FrameBuffer::Window w = rbuf_.prepare(next_frame_size_);
   reading_ = true;
-  stream_.readSome(asio::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_),
-                   [self = shared_from_this()](const asio::error_code& ec, size_t n) {
-                     self->reading_ = false;
-                     self->onRead(ec, n);
-                   });
+  stream_.readSome(asio::buffer(w.data, w.size), [self = shared_from_this()](const asio::error_code& ec, size_t n) {
+    self->reading_ = false;
+    self->onRead(ec, n);
+  });
 }
 
 void Conn::onRead(const asio::error_code& ec, size_t n) {
@@ -570,7 +657,7 @@ void Conn::onRead(const asio::error_code& ec, size_t n) {
     close(ec == asio::error::eof || ec == asio::ssl::error::stream_truncated ? "closed by peer" : ec.message());
     return;
   }
-  rend_ += n;
+  rbuf_.commit(n);
   last_rx_ = Clock::now();
   processFrames();
 }
@@ -579,41 +666,35 @@ void Conn::onRead(const asio::error_code& ec, size_t n) {
 // so a publish held by back-pressure also holds everything behind it (pings included).
 void Conn::processFrames() {
   const Settings& cfg = owner_.settings();
+  const uint32_t allowed = server_ ? kFromClients : kFromServer;
   bool consumed = false;
+  next_frame_size_ = 0;
   while (phase_ == Phase::Open && !paused_) {
-    const size_t avail = rend_ - rbeg_;
-    if (avail < 4) break;
-    const auto* p = reinterpret_cast<const unsigned char*>(rbuf_.data() + rbeg_);
-    const uint32_t rest = be32(p);
-    if (rest < 3)
-      return protocolError("frame too short", "length-of-rest is " + std::to_string(rest) + ", at least 3 is needed");
-    if (rest > cfg.max_frame_bytes)
-      return protocolError("frame too large", "length-of-rest is " + std::to_string(rest) + ", max_frame_bytes is " +
-                                                  std::to_string(cfg.max_frame_bytes));
-    if (avail >= 5 && !owner_.kindAllowed(server_, p[4]))
-      return protocolError("unknown kind", "frame kind " + std::to_string(p[4]) + " is not accepted here");
-    uint16_t topic_len = 0;
-    if (avail >= kHeaderBytes) {
-      topic_len = be16(p + 5);
-      if (3u + topic_len > rest)
-        return protocolError("topic length past frame", "topic length " + std::to_string(topic_len) +
-                                                            " does not fit in length-of-rest " + std::to_string(rest));
+    const Decoded d = decodeFrame(rbuf_.data(), cfg.max_frame_bytes, allowed);
+    if (d.status == Decoded::kError) return protocolError(d.error, d.detail);
+    if (d.status == Decoded::kNeedMore) {
+      next_frame_size_ = d.size;
+      break;
     }
-    if (avail < 4 + size_t(rest)) break;
-    const char* base = rbuf_.data() + rbeg_;
-    const std::string_view topic(base + kHeaderBytes, topic_len);
-    const std::string_view payload(base + kHeaderBytes + topic_len, rest - 3 - topic_len);
-    if (owner_.onFrame(*this, p[4], topic, payload) == FrameResult::Retry) {
+    if (owner_.onFrame(*this, d.kind, d.topic, d.payload) == FrameResult::Retry) {
       pause();
       return;
     }
-    if (phase_ != Phase::Open) return;  // the frame made the connection close (slow consumer)
+    if (phase_ != Phase::Open) return;  // the frame made the connection close
     retry_delay_ms_ = 0;
-    rbeg_ += 4 + size_t(rest);
+    rbuf_.consume(d.size);
     consumed = true;
   }
   if (phase_ != Phase::Open || paused_) return;
-  if (rbeg_ == rend_) disarmFrameTimer();
+  // What is left is one unfinished frame: its bytes count against max_pending_bytes.
+  if (!owner_.accountPending(*this, rbuf_.size())) {
+    owner_.limitHit(*this, "pending bytes limit",
+                    "unfinished frames of all connections would hold more than max_pending_bytes (" +
+                        std::to_string(cfg.max_pending_bytes) + ") bytes",
+                    true);
+    return;
+  }
+  if (rbuf_.empty()) disarmFrameTimer();
   else if (consumed || !frame_timer_armed_) armFrameTimer();  // a new partial frame began
   startRead();
 }
@@ -662,23 +743,29 @@ void Conn::armCloseTimer(uint32_t ms, std::string reason) {
 }
 
 void Conn::push(OutFrame f) {
-  out_bytes_ += f.bytes->size();
+  const size_t n = f.bytes.size;
+  out_bytes_ += n;
+  if (!f.session_counted) {
+    state_->bytes.fetch_add(n);
+    f.session_counted = true;
+  }
   outq_.push_back(std::move(f));
   startWrite();
 }
 
 void Conn::startWrite() {
   if (writing_ || outq_.empty() || (phase_ != Phase::Open && phase_ != Phase::Draining)) return;
-  std::vector<asio::const_buffer> bufs;
+  wbufs_.clear();
   size_t total = 0;
-  for (const auto& f : outq_) {
-    if (!bufs.empty() && (bufs.size() >= kMaxBatchFrames || total + f.bytes->size() > kMaxBatchBytes)) break;
-    bufs.push_back(asio::buffer(*f.bytes));
+  for (size_t i = 0; i < outq_.size(); ++i) {
+    const OutFrame& f = outq_[i];
+    if (!wbufs_.empty() && (wbufs_.size() >= kMaxBatchFrames || total + f.bytes.size > kMaxBatchBytes)) break;
+    wbufs_.push_back(asio::buffer(f.bytes.data.get(), f.bytes.size));
     in_flight_.push_back(f.bytes);
-    total += f.bytes->size();
+    total += f.bytes.size;
   }
   writing_ = true;
-  stream_.write(bufs, [self = shared_from_this()](const asio::error_code& ec, size_t) {
+  stream_.write(wbufs_, [self = shared_from_this()](const asio::error_code& ec, size_t) {
     self->writing_ = false;
     self->onWritten(ec);
   });
@@ -695,13 +782,15 @@ void Conn::onWritten(const asio::error_code& ec) {
   for (size_t i = 0; i < n && !outq_.empty(); ++i) {
     OutFrame f = std::move(outq_.front());
     outq_.pop_front();
-    out_bytes_ -= f.bytes->size();
+    out_bytes_ -= f.bytes.size;
+    state_->bytes.fetch_sub(f.bytes.size);
     owner_.onWritten(f);
   }
   if (phase_ == Phase::Draining && outq_.empty()) {
     finishDrain();
     return;
   }
+  owner_.onDrained(*this);
   startWrite();
 }
 
@@ -712,20 +801,28 @@ std::deque<OutFrame> Conn::takeUnsent() {
   while (outq_.size() > keep) {
     out.push_front(std::move(outq_.back()));
     outq_.pop_back();
-    out_bytes_ -= out.front().bytes->size();
+    out_bytes_ -= out.front().bytes.size;
+    state_->bytes.fetch_sub(out.front().bytes.size);
   }
   return out;
 }
 
 void Conn::sendError(std::string_view error, std::string_view detail) {
-  push(OutFrame{std::make_shared<const std::string>(encodeFrame(kError, "", errorJson(error, detail))), nullptr,
-                kError, false});
+  push(OutFrame{makeFrame(kError, "", errorJson(error, detail)), nullptr, 0, kError, false, false});
 }
 
 void Conn::protocolError(std::string_view error, const std::string& detail) {
   owner_.warnLimited(name() + ": " + std::string(error) + ": " + detail + "; closing the connection");
   sendError(error, detail);
   closeAfterFlush(std::string(error), true);
+}
+
+// The connection stops being usable for new work (it is closing).
+void Conn::leaveOpen() {
+  disarmFrameTimer();
+  rbuf_.clear();
+  next_frame_size_ = 0;
+  owner_.onLeftOpen(*this);
 }
 
 // Stops reading, flushes the outbound queue (bounded by kDrainMs), then closes. With linger,
@@ -743,7 +840,7 @@ void Conn::closeAfterFlush(const std::string& reason, bool linger) {
   paused_ = false;
   ++retry_gen_;
   retry_timer_.cancel();
-  disarmFrameTimer();
+  leaveOpen();
   if (!writing_ && outq_.empty()) {
     finishDrain();
     return;
@@ -768,7 +865,9 @@ void Conn::close(const std::string& reason) {
   if (phase_ == Phase::Closed) return;
   auto keep = shared_from_this();  // the owner drops its reference in onClosed
   const bool was_ready = phase_ != Phase::Handshake;
+  const bool was_open = phase_ == Phase::Open;
   phase_ = Phase::Closed;
+  if (was_open) leaveOpen();
   asio::error_code ignored;
   stream_.socket().close(ignored);
   ++retry_gen_;
@@ -777,9 +876,10 @@ void Conn::close(const std::string& reason) {
   retry_timer_.cancel();
   frame_timer_.cancel();
   close_timer_.cancel();
+  rbuf_.clear();
   out_bytes_ = 0;
-  std::deque<OutFrame> unsent;
-  unsent.swap(outq_);
+  std::deque<OutFrame> unsent = outq_.takeAll();
+  for (auto& f : unsent) state_->bytes.fetch_sub(f.bytes.size);
   owner_.onClosed(*this, was_ready, reason, std::move(unsent));
 }
 
@@ -846,7 +946,7 @@ fg_status TcpPlugin::start() {
 // Creates the io_context, the TLS context and (listen mode) the bound acceptor; queues the
 // first accept or connect. On failure everything is released and the reason logged.
 fg_status TcpPlugin::open(std::string& up_detail) {
-  io_ = std::make_unique<asio::io_context>();
+  io_ = std::make_unique<asio::io_context>(1);
   auto cleanup = [&] {
     acceptor_.reset();
     ssl_.reset();
@@ -914,7 +1014,7 @@ fg_status TcpPlugin::stop(uint32_t timeout_ms) {
   {
     std::lock_guard lk(life_mu_);
     if (!running_) return FG_OK;
-    running_ = false;  // publish/subscribe post nothing from now on
+    running_ = false;  // publish/subscribe/close_session post nothing from now on
   }
   const auto deadline = Clock::now() + Ms(timeout_ms);
   // 1. Graceful: stop accepting and reading, flush what is queued.
@@ -934,8 +1034,18 @@ fg_status TcpPlugin::stop(uint32_t timeout_ms) {
     }
   }
   thread_.join();
-  // The thread is gone: tear down the I/O objects before their io_context.
+  // The thread is gone. Publishes it never took are failed explicitly.
+  {
+    std::lock_guard lk(life_mu_);
+    for (auto& p : inbox_)
+      if (p.delivery_id) host_.onDelivery(p.delivery_id, FG_DELIVERY_FAILED);
+    inbox_.clear();
+    inbox_bytes_ = 0;
+    sessions_.clear();
+  }
+  // Tear down the I/O objects before their io_context.
   conns_.clear();
+  rejecting_.clear();
   client_.reset();
   connecting_.reset();
   pending_.clear();
@@ -952,7 +1062,16 @@ fg_status TcpPlugin::stop(uint32_t timeout_ms) {
   return FG_OK;
 }
 
+std::vector<std::shared_ptr<Conn>> TcpPlugin::allConns() {
+  std::vector<std::shared_ptr<Conn>> all;
+  for (auto& [id, c] : conns_) all.push_back(c);
+  for (auto& c : rejecting_) all.push_back(c);
+  if (client_) all.push_back(client_);
+  return all;
+}
+
 void TcpPlugin::beginStop() {
+  drainInbox();  // publishes taken before stop() are queued (and flushed below) in order
   stopping_ = true;
   asio::error_code ignored;
   if (acceptor_) acceptor_->close(ignored);
@@ -965,25 +1084,19 @@ void TcpPlugin::beginStop() {
   if (connect_timer_) connect_timer_->cancel();
   if (resolver_) resolver_->cancel();
   if (connecting_) connecting_->close(ignored);
-  std::vector<std::shared_ptr<Conn>> all;
-  for (auto& [id, c] : conns_) all.push_back(c);
-  if (client_) all.push_back(client_);
-  for (auto& c : all) c->closeAfterFlush("the gateway is stopping", false);
+  for (auto& c : allConns()) c->closeAfterFlush("the gateway is stopping", false);
   failPending();
   checkDrained();
 }
 
 void TcpPlugin::hardStop() {
   beginStop();
-  std::vector<std::shared_ptr<Conn>> all;
-  for (auto& [id, c] : conns_) all.push_back(c);
-  if (client_) all.push_back(client_);
-  for (auto& c : all) c->close("the gateway stopped");
+  for (auto& c : allConns()) c->close("the gateway stopped");
   failPending();
 }
 
 void TcpPlugin::checkDrained() {
-  if (!stopping_ || !conns_.empty() || client_) return;
+  if (!stopping_ || !conns_.empty() || !rejecting_.empty() || client_) return;
   {
     std::lock_guard lk(stop_mu_);
     drained_ = true;
@@ -995,7 +1108,7 @@ void TcpPlugin::checkDrained() {
 
 fg_status TcpPlugin::publish(const fg_message& msg, uint64_t delivery_id) {
   const std::string_view topic = view(msg.topic), payload = view(msg.payload);
-  if (topic.size() > 0xFFFF) {
+  if (topic.size() > kMaxTopicBytes) {
     host_.warn("tcp: publish refused: the topic is " + std::to_string(topic.size()) + " bytes, at most 65535 fit a frame");
     return FG_ERR_INVALID_ARG;
   }
@@ -1005,28 +1118,59 @@ fg_status TcpPlugin::publish(const fg_message& msg, uint64_t delivery_id) {
                " exceeds max_frame_bytes " + std::to_string(cfg_.max_frame_bytes));
     return FG_ERR_INVALID_ARG;
   }
-  const size_t size = 4 + size_t(rest);
+  // The frame is built outside the lock (the copy of the payload is the one cost that grows
+  // with the message); a FG_RETRY below throws it away, which only happens under back-pressure.
+  FrameBytes frame = makeFrame(kPublish, topic, payload);
+  const size_t size = frame.size;
+  const uint64_t session = cfg_.listen ? msg.session : 0;
   std::lock_guard lk(life_mu_);
   if (!running_) return FG_ERR_STATE;
-  std::atomic<size_t>& budget = cfg_.listen ? posted_bytes_ : client_bytes_;
-  const size_t used = budget.load();
-  if (used > 0 && used + size > cfg_.max_outbound_bytes) return FG_RETRY;
-  budget += size;
-  auto frame = std::make_shared<const std::string>(encodeFrame(kPublish, topic, payload));
-  if (cfg_.listen) {
-    asio::post(*io_, [this, frame = std::move(frame), session = msg.session, delivery_id] {
-      posted_bytes_ -= frame->size();
-      serverDeliver(frame, session, delivery_id);
-    });
+  if (session != 0) {
+    auto it = sessions_.find(session);
+    if (it == sessions_.end()) return FG_ERR_STATE;  // no such session (closed, or closing)
+    SessionState& s = *it->second;
+    const size_t limit = cfg_.session_buffer_bytes;
+    if (s.bytes.load() >= limit) {
+      // Ask for a wake-up, then look again: the I/O thread drains and then reads the flag
+      // (both sequentially consistent), so either it sees the flag or this sees the room.
+      s.wants_wakeup.store(true);
+      if (s.bytes.load() >= limit) return FG_RETRY;
+    }
+    s.bytes.fetch_add(size);
+  } else if (cfg_.listen) {
+    if (inbox_bytes_ > 0 && inbox_bytes_ + size > cfg_.max_outbound_bytes) return FG_RETRY;
+    inbox_bytes_ += size;
   } else {
-    asio::post(*io_, [this, frame = std::move(frame), delivery_id] { clientSend(frame, delivery_id); });
+    const size_t used = client_bytes_.load();
+    if (used > 0 && used + size > cfg_.max_outbound_bytes) return FG_RETRY;
+    client_bytes_ += size;
+  }
+  inbox_.push_back(Posted{std::move(frame), session, delivery_id});
+  if (!inbox_scheduled_) {
+    inbox_scheduled_ = true;
+    asio::post(*io_, asio::bind_allocator(SlotAllocator<void>(&drain_slot_), [this] { drainInbox(); }));
   }
   return FG_OK;
 }
 
+void TcpPlugin::drainInbox() {
+  {
+    std::lock_guard lk(life_mu_);
+    inbox_work_.swap(inbox_);
+    inbox_bytes_ = 0;
+    inbox_scheduled_ = false;
+  }
+  for (auto& p : inbox_work_) {
+    if (cfg_.listen) serverDeliver(p);
+    else clientSend(p);
+  }
+  inbox_work_.clear();
+  if (inbox_work_.capacity() > 65536) std::vector<Posted>().swap(inbox_work_);  // after a burst
+}
+
 fg_status TcpPlugin::subscribe(std::string_view filter, uint64_t sub_id) {
   if (cfg_.listen) return FG_OK;  // sessions: every client publish reaches the host with sub_id 0
-  if (!isValidFilter(filter) || filter.size() > 0xFFFF) return FG_ERR_INVALID_ARG;
+  if (!isValidFilter(filter) || filter.size() > kMaxTopicBytes) return FG_ERR_INVALID_ARG;
   {
     std::lock_guard lk(subs_mu_);
     std::erase_if(subs_, [&](const Sub& s) { return s.id == sub_id; });
@@ -1055,6 +1199,17 @@ fg_status TcpPlugin::unsubscribe(uint64_t sub_id) {
   return FG_OK;
 }
 
+fg_status TcpPlugin::closeSession(uint64_t session, const char* reason) {
+  if (!cfg_.listen) return FG_ERR_UNSUPPORTED;  // connect mode has no sessions
+  std::lock_guard lk(life_mu_);
+  if (!running_) return FG_ERR_STATE;
+  // From now on publishes to it answer FG_ERR_STATE; what was published before is processed
+  // first (the inbox drain was posted earlier), then failed by the close.
+  if (sessions_.erase(session) == 0) return FG_ERR_STATE;
+  asio::post(*io_, [this, session, r = std::string(reason ? reason : "")] { serverCloseSession(session, r); });
+  return FG_OK;
+}
+
 // ---- TcpPlugin: shared io-thread paths ---------------------------------------------------
 
 FrameResult TcpPlugin::onFrame(Conn& c, uint8_t kind, std::string_view topic, std::string_view payload) {
@@ -1063,6 +1218,10 @@ FrameResult TcpPlugin::onFrame(Conn& c, uint8_t kind, std::string_view topic, st
 
 void TcpPlugin::onReady(Conn& c) {
   if (c.server_) {
+    {
+      std::lock_guard lk(life_mu_);
+      sessions_[c.session_] = c.state_;
+    }
     host_.debug("tcp: " + c.name() + " opened");
     host_.onSession(c.session_, FG_SESSION_OPENED);
   } else {
@@ -1071,20 +1230,72 @@ void TcpPlugin::onReady(Conn& c) {
 }
 
 void TcpPlugin::onWritten(OutFrame& f) {
-  if (f.counted) client_bytes_ -= f.bytes->size();
-  settle(f.tracker, true);
+  if (f.counted) client_bytes_ -= f.bytes.size;
+  settle(f, true);
 }
 
-void TcpPlugin::settle(const std::shared_ptr<Tracker>& t, bool written) {
-  if (!t || t->remaining == 0) return;
-  if (written) ++t->written;
-  if (--t->remaining == 0) host_.onDelivery(t->delivery_id, t->written ? FG_DELIVERY_OK : FG_DELIVERY_FAILED);
+// After a write: a session that answered FG_RETRY and drained below half its buffer can take
+// more.
+void TcpPlugin::onDrained(Conn& c) {
+  if (!c.server_ || c.phase_ != Phase::Open) return;
+  SessionState& s = *c.state_;
+  if (s.wants_wakeup.load() && s.bytes.load() < cfg_.session_buffer_bytes / 2 && s.wants_wakeup.exchange(false))
+    host_.sessionWritable(c.session_);
+}
+
+// The connection is closing: publishes can no longer target it, its unfinished input is gone.
+void TcpPlugin::onLeftOpen(Conn& c) {
+  releasePending(c);
+  if (c.server_ && !c.rejected()) {
+    std::lock_guard lk(life_mu_);
+    auto it = sessions_.find(c.session_);
+    if (it != sessions_.end() && it->second == c.state_) sessions_.erase(it);
+  }
+}
+
+bool TcpPlugin::accountPending(Conn& c, size_t now) {
+  if (now <= c.pending_counted_) {
+    pending_total_ -= c.pending_counted_ - now;
+  } else {
+    const size_t more = now - c.pending_counted_;
+    if (pending_total_ + more > cfg_.max_pending_bytes) return false;
+    pending_total_ += more;
+  }
+  c.pending_counted_ = now;
+  return true;
+}
+
+// A limit of this endpoint was hit by one connection: a rate-limited warning, an error frame,
+// and (close) the connection is closed after it.
+void TcpPlugin::limitHit(Conn& c, std::string_view error, const std::string& detail, bool close) {
+  warnLimited(c.name() + ": " + std::string(error) + ": " + detail + (close ? "; closing the connection" : ""));
+  c.sendError(error, detail);
+  if (close) c.closeAfterFlush(std::string(error), true);
+}
+
+void TcpPlugin::settle(OutFrame& f, bool written) {
+  if (f.tracker) {
+    auto t = std::move(f.tracker);
+    if (t->remaining == 0) return;
+    if (written) ++t->written;
+    if (--t->remaining == 0) host_.onDelivery(t->delivery_id, t->written ? FG_DELIVERY_OK : FG_DELIVERY_FAILED);
+  } else if (f.delivery_id) {
+    host_.onDelivery(f.delivery_id, written ? FG_DELIVERY_OK : FG_DELIVERY_FAILED);
+    f.delivery_id = 0;
+  }
 }
 
 void TcpPlugin::onClosed(Conn& c, bool was_ready, const std::string& reason, std::deque<OutFrame> unsent) {
   if (c.server_) {
-    for (auto& f : unsent) settle(f.tracker, false);
+    for (auto& f : unsent) settle(f, false);
+    if (c.rejected()) {
+      host_.debug("tcp: " + c.name() + " closed: " + reason);
+      rejecting_.erase(c.shared_from_this());
+      checkDrained();
+      return;
+    }
     conns_.erase(c.session_);
+    if (auto it = per_ip_.find(c.addr_); it != per_ip_.end() && --it->second == 0) per_ip_.erase(it);
     if (was_ready) {
       host_.info("tcp: " + c.name() + " closed: " + reason);
       host_.onSession(c.session_, FG_SESSION_CLOSED);
@@ -1100,7 +1311,10 @@ void TcpPlugin::onClosed(Conn& c, bool was_ready, const std::string& reason, std
   // Publishes not yet written go back to the front of the queue, in order; control frames
   // (subscriptions, pings) are rebuilt after the next connect.
   for (auto it = unsent.rbegin(); it != unsent.rend(); ++it)
-    if (it->kind == kPublish) pending_.push_front(std::move(*it));
+    if (it->kind == kPublish) {
+      it->session_counted = false;  // counted again by the next connection's push
+      pending_.push_front(std::move(*it));
+    }
   if (stopping_) {
     failPending();
     checkDrained();
@@ -1130,15 +1344,47 @@ void TcpPlugin::accept() {
       });
       return;
     }
-    asio::error_code ignored;
-    sock.set_option(tcp::no_delay(true), ignored);
-    const std::string peer = endpointText(sock.remote_endpoint(ignored));
-    const uint64_t id = next_session_++;
-    auto c = std::make_shared<Conn>(*this, ssl_ ? Stream(std::move(sock), *ssl_) : Stream(std::move(sock)), id, true, peer);
-    conns_[id] = c;
-    c->start();
+    admit(std::move(sock));
     accept();
   });
+}
+
+// A new connection becomes a session, or is refused by max_connections /
+// max_connections_per_ip with an error frame.
+void TcpPlugin::admit(tcp::socket sock) {
+  asio::error_code ignored;
+  sock.set_option(tcp::no_delay(true), ignored);
+  const tcp::endpoint remote = sock.remote_endpoint(ignored);
+  const std::string peer = endpointText(remote);
+  const asio::ip::address addr = remote.address();
+  std::string refused;
+  if (conns_.size() >= cfg_.max_connections) {
+    refused = "max_connections (" + std::to_string(cfg_.max_connections) + ") reached on this endpoint";
+  } else if (auto it = per_ip_.find(addr); it != per_ip_.end() && it->second >= cfg_.max_connections_per_ip) {
+    refused = "max_connections_per_ip (" + std::to_string(cfg_.max_connections_per_ip) + ") reached for " +
+              addr.to_string();
+  }
+  if (!refused.empty()) {
+    if (rejecting_.size() >= kMaxRejecting) {
+      warnLimited("connection from " + peer + " refused: " + refused +
+                  " (too many refusals in progress: closed without an error frame)");
+      sock.close(ignored);
+      return;
+    }
+    warnLimited("connection from " + peer + " refused: too many connections: " + refused);
+    auto c = std::make_shared<Conn>(*this, ssl_ ? Stream(std::move(sock), *ssl_) : Stream(std::move(sock)), 0, true, peer,
+                                    addr);
+    c->reject("too many connections", refused);
+    rejecting_.insert(c);
+    c->start();
+    return;
+  }
+  const uint64_t id = next_session_++;
+  ++per_ip_[addr];
+  auto c = std::make_shared<Conn>(*this, ssl_ ? Stream(std::move(sock), *ssl_) : Stream(std::move(sock)), id, true, peer,
+                                  addr);
+  conns_[id] = c;
+  c->start();
 }
 
 FrameResult TcpPlugin::serverFrame(Conn& c, uint8_t kind, std::string_view topic, std::string_view payload) {
@@ -1158,6 +1404,14 @@ FrameResult TcpPlugin::serverFrame(Conn& c, uint8_t kind, std::string_view topic
         c.sendError("invalid filter", "'" + printable(topic) + "' is not a valid filter");
         return FrameResult::Done;
       }
+      if (c.filters_.find(topic) != c.filters_.end()) return FrameResult::Done;  // already subscribed
+      if (c.filters_.size() >= cfg_.max_subscriptions) {
+        limitHit(c, "too many subscriptions",
+                 "max_subscriptions (" + std::to_string(cfg_.max_subscriptions) + ") reached; '" + printable(topic) +
+                     "' was not subscribed",
+                 false);
+        return FrameResult::Done;
+      }
       std::string reason;
       if (host_.authorizeSubscribe(c.session_, topic, &reason) != FG_OK) {
         host_.debug("tcp: " + c.name() + ": subscribe to '" + printable(topic) + "' refused: " + reason);
@@ -1168,65 +1422,91 @@ FrameResult TcpPlugin::serverFrame(Conn& c, uint8_t kind, std::string_view topic
       return FrameResult::Done;
     }
     case kUnsubscribe:
-      c.filters_.erase(std::string(topic));
+      if (auto it = c.filters_.find(topic); it != c.filters_.end()) c.filters_.erase(it);
       return FrameResult::Done;
     case kPing:
-      pushLimited(c, OutFrame{std::make_shared<const std::string>(encodeFrame(kPong, topic, payload)), nullptr, kPong, false});
+      // A pong is a control frame: it is never refused for a full buffer (a client that pings
+      // reads; one that does not is bounded by the host's close_session).
+      c.push(OutFrame{makeFrame(kPong, topic, payload), nullptr, 0, kPong, false, false});
       return FrameResult::Done;
     default:
-      return FrameResult::Done;  // kindAllowed() filtered the rest
+      return FrameResult::Done;  // decodeFrame() refused the rest
   }
 }
 
-void TcpPlugin::pushLimited(Conn& c, OutFrame f) {
+// A broadcast copy for one subscriber. A broadcast cannot be retried per session, so it is
+// queued beyond session_buffer_bytes; a connection whose buffer would pass max_outbound_bytes
+// with it is closed as a slow consumer (what it held is failed).
+void TcpPlugin::pushBroadcast(Conn& c, OutFrame f) {
   if (c.phase_ != Phase::Open) {
-    settle(f.tracker, false);
+    settle(f, false);
     return;
   }
-  if (c.out_bytes_ + f.bytes->size() > cfg_.max_outbound_bytes) {
-    warnLimited(c.name() + ": slow consumer: " + std::to_string(c.out_bytes_) + " bytes are waiting and " +
-                std::to_string(f.bytes->size()) + " more would exceed max_outbound_bytes " +
-                std::to_string(cfg_.max_outbound_bytes) + "; closing the connection");
-    settle(f.tracker, false);
-    // What is queued would only delay the error frame: it fails now, explicitly.
-    for (auto& u : c.takeUnsent()) settle(u.tracker, false);
-    c.sendError("slow consumer", "the outbound buffer exceeded max_outbound_bytes (" +
-                                     std::to_string(cfg_.max_outbound_bytes) + "); closing the connection");
-    c.closeAfterFlush("slow consumer", true);
+  if (c.out_bytes_ > 0 && c.out_bytes_ + f.bytes.size > cfg_.max_outbound_bytes) {
+    settle(f, false);
+    for (auto& u : c.takeUnsent()) settle(u, false);
+    limitHit(c, "slow consumer",
+             "the outbound buffer exceeded max_outbound_bytes (" + std::to_string(cfg_.max_outbound_bytes) +
+                 ") with broadcasts; closing the connection",
+             true);
     return;
   }
   c.push(std::move(f));
 }
 
-void TcpPlugin::serverDeliver(const std::shared_ptr<const std::string>& frame, uint64_t session, uint64_t delivery_id) {
+void TcpPlugin::serverDeliver(Posted& p) {
   if (stopping_) {
-    if (delivery_id) host_.onDelivery(delivery_id, FG_DELIVERY_FAILED);
+    if (p.delivery_id) host_.onDelivery(p.delivery_id, FG_DELIVERY_FAILED);
     return;
   }
-  const std::string_view topic = frameTopic(*frame);
-  std::vector<std::shared_ptr<Conn>> targets;
-  if (session != 0) {
-    auto it = conns_.find(session);
-    if (it == conns_.end() || it->second->phase_ != Phase::Open) {
-      warnLimited("publish on '" + printable(topic) + "' for session " + std::to_string(session) +
-                  ": no such session (closed?); not delivered");
-      if (delivery_id) host_.onDelivery(delivery_id, FG_DELIVERY_FAILED);
+  if (p.session != 0) {
+    auto it = conns_.find(p.session);
+    if (it == conns_.end()) {  // closed after publish() looked (its SessionState went with it)
+      if (p.delivery_id) host_.onDelivery(p.delivery_id, FG_DELIVERY_FAILED);
       return;
     }
-    targets.push_back(it->second);
-  } else {
-    for (auto& [id, c] : conns_)
-      if (c->phase_ == Phase::Open && c->matches(topic)) targets.push_back(c);
+    Conn& c = *it->second;
+    if (c.phase_ != Phase::Open) {  // closing
+      c.state_->bytes.fetch_sub(p.bytes.size);
+      if (p.delivery_id) host_.onDelivery(p.delivery_id, FG_DELIVERY_FAILED);
+      return;
+    }
+    c.push(OutFrame{std::move(p.bytes), nullptr, p.delivery_id, kPublish, false, true});
+    return;
+  }
+  const std::string_view topic = p.bytes.topic();
+  targets_.clear();
+  for (auto& [id, c] : conns_)
+    if (c->phase_ == Phase::Open && c->matches(topic)) targets_.push_back(c.get());
+  if (targets_.empty()) {  // accepted, but nobody was there to take it
+    if (p.delivery_id) host_.onDelivery(p.delivery_id, FG_DELIVERY_NO_RECEIVER);
+    return;
+  }
+  if (targets_.size() == 1) {
+    pushBroadcast(*targets_.front(), OutFrame{std::move(p.bytes), nullptr, p.delivery_id, kPublish, false, false});
+    return;
   }
   std::shared_ptr<Tracker> tracker;
-  if (delivery_id) {
-    if (targets.empty()) {  // no subscriber: nothing to deliver, nothing failed
-      host_.onDelivery(delivery_id, FG_DELIVERY_OK);
-      return;
-    }
-    tracker = std::make_shared<Tracker>(Tracker{delivery_id, targets.size(), 0});
+  if (p.delivery_id) tracker = std::make_shared<Tracker>(Tracker{p.delivery_id, targets_.size(), 0});
+  // Closing one target (slow consumer) never touches the others, so the raw pointers hold.
+  for (Conn* c : targets_) pushBroadcast(*c, OutFrame{p.bytes, tracker, 0, kPublish, false, false});
+}
+
+// close_session: the host gave up on a session (a slow consumer, a limit of its own).
+void TcpPlugin::serverCloseSession(uint64_t session, const std::string& reason) {
+  auto it = conns_.find(session);
+  if (it == conns_.end() || it->second->phase_ != Phase::Open) return;
+  auto c = it->second;
+  const CloseReason r = splitCloseReason(reason);
+  size_t failed = 0;
+  for (auto& u : c->takeUnsent()) {
+    failed += u.kind == kPublish;
+    settle(u, false);
   }
-  for (auto& c : targets) pushLimited(*c, OutFrame{frame, tracker, kPublish, false});
+  warnLimited(c->name() + ": closed by the gateway: " + (reason.empty() ? std::string(r.error) : printable(reason, 1024)) +
+              " (" + std::to_string(failed) + " queued message(s) not delivered)");
+  c->sendError(r.error, r.detail.empty() ? std::string_view("closed by the gateway") : r.detail);
+  c->closeAfterFlush(std::string(r.error), true);
 }
 
 // ---- TcpPlugin: connect mode -------------------------------------------------------------
@@ -1319,9 +1599,8 @@ void TcpPlugin::clientReady(Conn& c) {
     for (const auto& s : subs_)
       if (std::find(filters.begin(), filters.end(), s.filter) == filters.end()) filters.push_back(s.filter);
   }
-  for (const auto& f : filters)
-    c.push(OutFrame{std::make_shared<const std::string>(encodeFrame(kSubscribe, f, "")), nullptr, kSubscribe, false});
-  c.push(OutFrame{std::make_shared<const std::string>(encodeFrame(kPing, "", restore_token_)), nullptr, kPing, false});
+  for (const auto& f : filters) c.push(OutFrame{makeFrame(kSubscribe, f, ""), nullptr, 0, kSubscribe, false, false});
+  c.push(OutFrame{makeFrame(kPing, "", restore_token_), nullptr, 0, kPing, false, false});
   while (!pending_.empty()) {
     c.push(std::move(pending_.front()));
     pending_.pop_front();
@@ -1352,7 +1631,7 @@ FrameResult TcpPlugin::clientFrame(Conn& c, uint8_t kind, std::string_view topic
       return FrameResult::Done;
     }
     case kPing:
-      c.push(OutFrame{std::make_shared<const std::string>(encodeFrame(kPong, topic, payload)), nullptr, kPong, false});
+      c.push(OutFrame{makeFrame(kPong, topic, payload), nullptr, 0, kPong, false, false});
       return FrameResult::Done;
     case kPong:
       if (!restored_ && payload == restore_token_ && client_.get() == &c) {
@@ -1373,8 +1652,8 @@ FrameResult TcpPlugin::clientFrame(Conn& c, uint8_t kind, std::string_view topic
   }
 }
 
-void TcpPlugin::clientSend(const std::shared_ptr<const std::string>& frame, uint64_t delivery_id) {
-  OutFrame f{frame, delivery_id ? std::make_shared<Tracker>(Tracker{delivery_id, 1, 0}) : nullptr, kPublish, true};
+void TcpPlugin::clientSend(Posted& p) {
+  OutFrame f{std::move(p.bytes), nullptr, p.delivery_id, kPublish, true, false};
   if (client_ && client_->phase_ == Phase::Open) {
     client_->push(std::move(f));
     return;
@@ -1385,7 +1664,7 @@ void TcpPlugin::clientSend(const std::shared_ptr<const std::string>& frame, uint
 
 void TcpPlugin::clientControl(uint8_t kind, const std::string& filter) {
   if (client_ && client_->phase_ == Phase::Open)
-    client_->push(OutFrame{std::make_shared<const std::string>(encodeFrame(kind, filter, "")), nullptr, kind, false});
+    client_->push(OutFrame{makeFrame(kind, filter, ""), nullptr, 0, kind, false, false});
   // Not connected: the next connect sends the whole current subscription set.
 }
 
@@ -1398,7 +1677,7 @@ void TcpPlugin::armKeepalive() {
       client_->close("nothing received for 3 keepalive periods");
       return;
     }
-    client_->push(OutFrame{std::make_shared<const std::string>(encodeFrame(kPing, "", "keepalive")), nullptr, kPing, false});
+    client_->push(OutFrame{makeFrame(kPing, "", "keepalive"), nullptr, 0, kPing, false, false});
     armKeepalive();
   });
 }
@@ -1407,14 +1686,12 @@ void TcpPlugin::failPending() {
   while (!pending_.empty()) {
     OutFrame f = std::move(pending_.front());
     pending_.pop_front();
-    if (f.counted) client_bytes_ -= f.bytes->size();
-    settle(f.tracker, false);
+    if (f.counted) client_bytes_ -= f.bytes.size;
+    settle(f, false);
   }
 }
 
 }  // namespace
 }  // namespace fingate
 
-FG_DEFINE_PLUGIN(fingate::TcpPlugin, "tcp", "0.1.0", FG_CAP_SESSIONS | FG_CAP_DELIVERY, "listen", "connect",
-                 "max_frame_bytes", "max_outbound_bytes", "reconnect_max_ms", "frame_timeout_ms", "keepalive_ms",
-                 "tls.enabled", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.verify")
+FG_DEFINE_PLUGIN(fingate::TcpPlugin, "tcp", "0.2.0", FG_CAP_SESSIONS | FG_CAP_DELIVERY, FG_TCP_KEYS)

@@ -44,7 +44,7 @@ static const char* const keys[] = {NULL};
 #endif
 
 static const fg_plugin desc = {ABI, SIZE, NAME, "0.0.1", 0, keys, create, destroy, start, stop, PUBLISH,
-                               subscribe, unsubscribe};
+                               subscribe, unsubscribe, NULL, NULL};
 
 #if defined(BAD_NO_ENTRY)
 FG_EXPORT const fg_plugin* fg_plugin_entry_misspelled(uint32_t v) { (void)v; return &desc; }

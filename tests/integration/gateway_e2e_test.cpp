@@ -175,6 +175,12 @@ TEST_F(GatewayE2E, BindingsSurviveKill9AndSigtermExitsZero) {
   ASSERT_TRUE(orch.barrier());
   registerFin(orch, a, kRegA, kFinA, kCapA, "abec7356-e6f0-11f1-acf4-02fc00000001");
   ASSERT_TRUE(waitFor([&] { return httpGet(gw->adminPort(), "/v1/fins").body.find("\"acked\":true") != std::string::npos; }));
+  // State writes are coalesced off the router (limits.state_write_delay_ms, default 100 ms):
+  // the kill comes once the acked binding is on disk.
+  ASSERT_TRUE(waitFor([&] {
+    auto f = readFile(gw->stateDir() + "/bindings.json");
+    return f.find(kCapA) != std::string::npos && f.find("\"acked\":true") != std::string::npos;
+  }));
   EXPECT_EQ(gw->process().stop(SIGKILL), 128 + SIGKILL);
   // Same state dir, new process.
   GatewayProcess again("e2e-restart", kTwoTcp, gw->stateDir());

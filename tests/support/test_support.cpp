@@ -1,5 +1,7 @@
 #include "test_support.hpp"
 
+#include <gtest/gtest.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -366,13 +368,13 @@ void RecordingHost::log(fg_log_level level, std::string_view msg) {
   logs_.push_back(std::to_string(level) + " " + std::string(msg));
 }
 
-fg_status RecordingHost::onMessage(uint64_t sub_id, const fg_message& msg) {
+fg_status RecordingHost::onMessage(uint64_t sub_id, const fg_message& msg, uint64_t token) {
   if (retry_budget.load() > 0) {
     retry_budget--;
     return FG_RETRY;
   }
   Msg m{sub_id, std::string(msg.topic.data, msg.topic.len), std::string(msg.payload.data, msg.payload.len),
-        msg.session, {}};
+        msg.session, {}, token};
   for (size_t i = 0; i < msg.header_count; ++i)
     m.headers.emplace_back(std::string(msg.headers[i].key.data, msg.headers[i].key.len),
                            std::string(msg.headers[i].value.data, msg.headers[i].value.len));
@@ -382,6 +384,28 @@ fg_status RecordingHost::onMessage(uint64_t sub_id, const fg_message& msg) {
   }
   cv_.notify_all();
   return FG_OK;
+}
+
+void RecordingHost::onEvent(const fg_event& ev) {
+  {
+    std::lock_guard lk(mu_);
+    events_.push_back(Event{ev.kind, ev.sub_id, ev.session, ev.status, ev.flags, ev.detail ? ev.detail : ""});
+  }
+  cv_.notify_all();
+}
+
+std::vector<RecordingHost::Event> RecordingHost::events() {
+  std::lock_guard lk(mu_);
+  return events_;
+}
+
+bool RecordingHost::waitEvent(const std::function<bool(const Event&)>& pred, std::chrono::milliseconds timeout) {
+  std::unique_lock lk(mu_);
+  return cv_.wait_for(lk, timeout, [&] {
+    for (auto& e : events_)
+      if (pred(e)) return true;
+    return false;
+  });
 }
 
 void RecordingHost::onDelivery(uint64_t delivery_id, fg_delivery status) {
@@ -451,14 +475,35 @@ std::shared_ptr<PluginLibrary> loadBuiltPlugin(const std::string& name) {
   return PluginLibrary::load(pluginPath(FINGATE_PLUGINS_DIR, name), name);
 }
 
+namespace {
+// Fixtures that were asked for and are missing. Kept (not aborted on) so that test discovery
+// always works; the environment below then fails every test that runs, saying what is missing.
+std::vector<std::string>& missingFixtures() {
+  static std::vector<std::string> v;
+  return v;
+}
+std::mutex& missingMu() {
+  static std::mutex m;
+  return m;
+}
+class FixtureCheck : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    std::lock_guard lk(missingMu());
+    for (auto& f : missingFixtures())
+      ADD_FAILURE() << "test fixture missing: " << f
+                    << " (the protocol vectors live in tests/data/vectors of the repository)";
+  }
+};
+[[maybe_unused]] const bool kFixtureCheck = (::testing::AddGlobalTestEnvironment(new FixtureCheck), true);
+}  // namespace
+
 std::string vectorBytes(const std::string& file) {
   std::string path = std::string(FINGATE_VECTORS_DIR) + "/" + file;
   if (!std::filesystem::exists(path)) {
-    std::fprintf(stderr,
-                 "test vector %s is missing: ../shared/protocol/vectors must sit beside the repository "
-                 "(or configure with -DFINGATE_VECTORS_DIR=...)\n",
-                 path.c_str());
-    std::abort();
+    std::lock_guard lk(missingMu());
+    missingFixtures().push_back(path);
+    return "";
   }
   std::string s = readFile(path);
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
@@ -467,7 +512,12 @@ std::string vectorBytes(const std::string& file) {
 
 std::vector<Vector> loadVectors() {
   std::vector<Vector> out;
-  YAML::Node manifest = YAML::LoadFile(std::string(FINGATE_VECTORS_DIR) + "/MANIFEST.json");
+  std::string manifest_path = std::string(FINGATE_VECTORS_DIR) + "/MANIFEST.json";
+  if (!std::filesystem::exists(manifest_path)) {
+    ADD_FAILURE() << "test fixture missing: " << manifest_path;
+    return out;
+  }
+  YAML::Node manifest = YAML::LoadFile(manifest_path);
   for (const auto& n : manifest) {
     Vector v;
     v.file = n["file"].as<std::string>();

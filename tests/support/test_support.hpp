@@ -118,9 +118,11 @@ class RecordingHost : public PluginHost {
     std::string payload;
     uint64_t session;
     std::vector<std::pair<std::string, std::string>> headers;
+    uint64_t token = 0;  // ABI 1.1 outcome token (0 = untracked)
   };
   void log(fg_log_level level, std::string_view msg) override;
-  fg_status onMessage(uint64_t sub_id, const fg_message& msg) override;
+  fg_status onMessage(uint64_t sub_id, const fg_message& msg, uint64_t token) override;
+  void onEvent(const fg_event& ev) override;
   void onDelivery(uint64_t delivery_id, fg_delivery status) override;
   void onState(fg_state state, std::string_view detail) override;
   void onSession(uint64_t session, fg_session_event event) override;
@@ -133,6 +135,18 @@ class RecordingHost : public PluginHost {
   std::vector<std::pair<uint64_t, fg_session_event>> sessions();
   std::map<uint64_t, fg_delivery> deliveries();
   std::vector<std::string> logs();
+  // ABI 1.1 typed events, in arrival order (detail copied).
+  struct Event {
+    fg_event_kind kind;
+    uint64_t sub_id;
+    uint64_t session;
+    fg_status status;
+    uint32_t flags;
+    std::string detail;
+  };
+  std::vector<Event> events();
+  // Waits until an event satisfying pred has arrived.
+  bool waitEvent(const std::function<bool(const Event&)>& pred, std::chrono::milliseconds timeout = 10s);
 
   // Test knobs: make on_message answer RETRY `retry_budget` times; refuse these filters.
   std::atomic<int> retry_budget{0};
@@ -146,12 +160,13 @@ class RecordingHost : public PluginHost {
   std::vector<std::pair<uint64_t, fg_session_event>> sessions_;
   std::map<uint64_t, fg_delivery> deliveries_;
   std::vector<std::string> logs_;
+  std::vector<Event> events_;
 };
 
 // Loads build/plugins/libfingate-<name>.so.
 std::shared_ptr<PluginLibrary> loadBuiltPlugin(const std::string& name);
 
-// The captured Fin protocol vectors (../shared/protocol/vectors).
+// The captured Fin protocol vectors (tests/data/vectors, copied from SOARCA/fin captures).
 struct Vector {
   std::string file;
   std::string topic;

@@ -66,13 +66,39 @@ struct RouteConfig {
 
 struct AdminConfig {
   std::string listen = "127.0.0.1:9400";  // host:port; empty = no admin listener
-  Mark mark;
+  // Bearer token for every path but /healthz and /readyz (${ENV} recommended); empty = none.
+  std::string token;
+  // Host header values accepted beside the listen address, localhost, 127.0.0.1 and [::1]
+  // (DNS-rebinding check): "name" (with the listener's port) or "name:port" (exactly, e.g. an
+  // SSH tunnel's local port).
+  std::vector<std::string> allowed_hosts;
+  Mark mark;  // where listen's value is written (the `admin` key when listen is not given)
+  Mark token_mark;
+};
+
+// Core limits (top-level `limits:` map). Each hit is a clear error to that client (nack / error
+// frame / dead letter), a counter (fingate_limit_hits_total{limit=...}) and a log line.
+struct Limits {
+  uint32_t fins_per_session = 64;            // fins one client session may bind
+  uint32_t fins_per_endpoint = 10000;        // fins bound behind one endpoint
+  uint32_t capabilities_per_register = 256;  // capability ids in one register
+  uint32_t echo_window_entries = 65536;      // own publishes remembered for echo suppression
+  uint32_t pending_registers = 1024;         // registers waiting for their subscriptions
+  uint32_t pending_followers = 1024;         // messages parked behind one waiting register
+  uint32_t session_queue_messages = 1024;    // per-session outbound queue (session transports)
+  uint64_t session_queue_bytes = 8u << 20;   // ... and its bytes
+  uint32_t slow_consumer_grace_ms = 5000;    // a session whose queue stays full this long is closed
+  uint64_t dead_letter_bytes = 64u << 20;    // payload bytes the dead-letter store keeps in total
+  uint32_t restored_backlog = 1000;          // commands waiting for a restored binding to be claimed
+  uint32_t restored_backlog_ttl_ms = 30000;  // ... this long, then dead-lettered and nacked
+  uint32_t state_write_delay_ms = 100;       // state file: changes are coalesced for this long
 };
 
 struct Config {
   std::string file;         // the path it was read from
   std::string plugins_dir;  // empty = default (../plugins relative to the binary)
   std::string state_dir;    // empty = no persistence
+  Mark state_dir_mark;
   std::string log_level = "info";
   AdminConfig admin;
   uint32_t queue_capacity = 65536;       // messages per inbound lane and per outbound queue
@@ -80,6 +106,7 @@ struct Config {
   uint32_t drain_timeout_ms = 5000;      // SIGINT/SIGTERM: bounded wait for in-flight messages
   uint32_t subscribe_timeout_ms = 5000;  // bounded wait for a broker's subscribe confirmation
   uint32_t register_replay_s = 300;      // re-send stored registers to orchestrators this often; 0 = off
+  Limits limits;
   std::vector<EndpointConfig> endpoints; // in file order
   std::vector<RouteConfig> routes;
 };
@@ -90,5 +117,15 @@ struct Config {
 // resolved by the gateway against the current directory. Throws ConfigError.
 Config loadConfig(const std::string& path);
 Config parseConfig(const std::string& text, const std::string& file_name);
+
+// What `run` would refuse beyond the file's own syntax, checked without binding or creating
+// anything (`fingate validate` and `fingate run` both call it; throws ConfigError at the key):
+// two listeners on one address and port (tcp/http `listen`, zmq `bind`, admin.listen; a
+// wildcard host clashes with every host on its port; port 0 never clashes), TLS files
+// (tls.*_file, tls.ca, tls.cert, tls.key) that are missing or unreadable (skipped when
+// tls.enabled is false), a state_dir that is not a directory or cannot be created or written,
+// and credentials in a URL's user-info (they belong in the username/password keys). Relative
+// paths are taken from the current directory, as the gateway does.
+void checkConfigForRun(const Config& cfg);
 
 }  // namespace fingate

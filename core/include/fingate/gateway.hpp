@@ -72,6 +72,9 @@ class Gateway {
   std::vector<std::shared_ptr<Endpoint>> endpoints_;
   std::unique_ptr<AdminServer> admin_;
   bool started_ = false;
+  std::mutex reload_mu_;                              // one reload at a time
+  std::vector<std::shared_ptr<Endpoint>> graveyard_;  // removed endpoints still referenced elsewhere
+  void collectGraveyard();
   // Register replay timer (register_replay_s).
   void replayLoop();
   std::thread replay_thread_;

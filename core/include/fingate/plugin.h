@@ -21,7 +21,22 @@
  *
  * Versioning: FG_ABI_VERSION = major << 16 | minor. The host refuses a plugin whose major
  * differs from its own, or whose descriptor is shorter than the first version's.
- * A minor bump only appends fields/functions.
+ * A minor bump only appends fields/functions. The host copies a plugin's descriptor by its
+ * struct_size into a zeroed descriptor of its own, so a member the plugin's build does not
+ * have reads as NULL/0; a plugin checks host_api->struct_size before it uses a member that
+ * was appended after 1.0 (the SDK does this for you).
+ *
+ * ABI 1.1 (appended; a 1.0 plugin still loads and works):
+ *  - outcome tokens: a plugin hands a message in with host_api.on_message_tracked(..., token)
+ *    and the host calls fg_plugin.ack(inst, token, outcome) exactly once when the message's
+ *    fate is final (every routed copy delivered, or it was dead-lettered, refused or filtered).
+ *  - typed events (host_api.on_event): a subscription confirmed *or refused* with its sub id
+ *    and a status; per-connection facts (no-local) as flags; a session that answered
+ *    FG_RETRY can take more.
+ *  - per-session back-pressure: publish(session != 0) may answer FG_RETRY for that session
+ *    alone; the host queues that session's messages in its own bounded queue and goes on with
+ *    the other sessions; a session that stays full is closed with fg_plugin.close_session.
+ *  - FG_DELIVERY_NO_RECEIVER: a publish that no subscriber or session received.
  */
 #ifndef FINGATE_PLUGIN_H
 #define FINGATE_PLUGIN_H
@@ -34,7 +49,7 @@ extern "C" {
 #endif
 
 #define FG_ABI_VERSION_MAJOR 1u
-#define FG_ABI_VERSION_MINOR 0u
+#define FG_ABI_VERSION_MINOR 1u
 #define FG_ABI_VERSION ((FG_ABI_VERSION_MAJOR << 16) | FG_ABI_VERSION_MINOR)
 #define FG_ABI_MAJOR(v) ((uint32_t)(v) >> 16)
 #define FG_ABI_MINOR(v) ((uint32_t)(v)&0xffffu)
@@ -116,8 +131,10 @@ typedef int32_t fg_state;
 #define FG_STATE_FAILED 3       /* needs operator action (bad credentials, ...); the plugin may
                                    keep retrying slowly and report UP once it is fixed */
 #define FG_STATE_STOPPED 4      /* stop() finished */
-#define FG_STATE_SUBSCRIBED 5   /* a subscription was confirmed by the broker; detail = the
-                                   decimal sub_id (used for subscribe-before-forward) */
+#define FG_STATE_SUBSCRIBED 5   /* 1.0 only: a subscription was confirmed by the broker; detail =
+                                   the decimal sub_id. 1.1 plugins send FG_EVENT_SUBSCRIPTION
+                                   instead (which can also say "refused"); the host still
+                                   accepts this from 1.0 plugins. */
 #define FG_STATE_RECONNECTED 6  /* came back after DOWN, every subscription restored */
 
 /* Session events reported through host_api.on_session. */
@@ -129,6 +146,45 @@ typedef int32_t fg_session_event;
 typedef int32_t fg_delivery;
 #define FG_DELIVERY_OK 0       /* the transport took responsibility (QoS 1 PUBACK, Kafka ack, sent) */
 #define FG_DELIVERY_FAILED 1   /* definitively not delivered */
+#define FG_DELIVERY_NO_RECEIVER 2 /* 1.1: accepted, but no subscriber/session was there to take it
+                                     (e.g. a session transport with no matching subscriber);
+                                     the host dead-letters it like a failure */
+
+/* Final outcome of an inbound message, given to fg_plugin.ack (ABI 1.1). */
+typedef int32_t fg_outcome;
+#define FG_OUTCOME_DELIVERED 0     /* every routed copy was delivered (on_delivery OK, or publish
+                                      OK on a plugin without FG_CAP_DELIVERY) */
+#define FG_OUTCOME_DEAD_LETTERED 1 /* at least one copy could not be delivered (or there was no
+                                      route): it is in the dead-letter store, a command was nacked */
+#define FG_OUTCOME_REFUSED 2       /* the gateway's rules refused it (invalid, foreign id, limit):
+                                      dead-lettered, and nacked when its message_id was readable */
+#define FG_OUTCOME_FILTERED 3      /* consumed on purpose, nothing to deliver (an echo of the
+                                      gateway's own publish, an answer to a replayed register) */
+
+/* Typed events a plugin reports through host_api.on_event (ABI 1.1). */
+typedef int32_t fg_event_kind;
+#define FG_EVENT_SUBSCRIPTION 1     /* sub_id's subscription is settled: status FG_OK = confirmed
+                                       (MQTT SUBACK granted, Kafka assignment), anything else =
+                                       refused for good (e.g. FG_ERR_STATE: the broker said no);
+                                       detail may say why */
+#define FG_EVENT_CONNECTION 2       /* facts of the current connection, in flags (FG_CONN_*);
+                                       send it before FG_STATE_UP / FG_STATE_RECONNECTED */
+#define FG_EVENT_SESSION_WRITABLE 3 /* `session` answered FG_RETRY to a publish and can now take
+                                       more: the host resumes that session's queue. Send it once
+                                       after each FG_RETRY (more is harmless). */
+
+#define FG_CONN_NO_LOCAL (1u << 0)  /* this connection never hands back the instance's own
+                                       publishes (MQTT 5 no-local): no echo window needed */
+
+typedef struct fg_event {
+  uint32_t struct_size;  /* sizeof(fg_event) of the sender's build; read members past it as 0 */
+  fg_event_kind kind;
+  uint64_t sub_id;       /* FG_EVENT_SUBSCRIPTION */
+  uint64_t session;      /* FG_EVENT_SESSION_WRITABLE */
+  fg_status status;      /* FG_EVENT_SUBSCRIPTION */
+  uint32_t flags;        /* FG_EVENT_CONNECTION: FG_CONN_* bits */
+  const char* detail;    /* NUL-terminated human text or NULL, BORROWED */
+} fg_event;
 
 /* Capability bits of a plugin (fg_plugin.capabilities). */
 #define FG_CAP_SESSIONS (1u << 0)   /* has client sessions (server side); sets fg_message.session */
@@ -175,6 +231,19 @@ typedef struct fg_host_api {
    * NUL-terminated explanation of at most reason_len bytes. */
   fg_status (*authorize_subscribe)(void* host_ctx, uint64_t session, fg_str filter, char* reason,
                                    size_t reason_len);
+
+  /* ---- ABI 1.1 (check struct_size before use) ---- */
+
+  /* Like on_message, with an outcome token. token != 0 asks the host to call
+   * fg_plugin.ack(inst, token, outcome) exactly once, when the message's outcome is final, from
+   * any host thread (never from inside this call). Only a call that returns FG_OK takes the
+   * token: after FG_RETRY or FG_ERR_* the host will never ack it (the plugin still owns the
+   * message and decides). Tokens are the plugin's: unique among its unacked messages. token 0 =
+   * no ack wanted (the same as on_message). Same threading and return values as on_message. */
+  fg_status (*on_message_tracked)(void* host_ctx, uint64_t sub_id, const fg_message* msg, uint64_t token);
+
+  /* A typed event (fg_event, BORROWED). Never blocks; any plugin thread. */
+  void (*on_event)(void* host_ctx, const fg_event* ev);
 } fg_host_api;
 
 /* ---- the plugin descriptor ------------------------------------------------------------ */
@@ -217,6 +286,14 @@ typedef struct fg_plugin {
 
   /* Sends msg (BORROWED: copy before returning). Must not block on the network: queue
    * and return. FG_RETRY = queue full, the host keeps the message and retries later.
+   * Session transports (1.1): with msg->session != 0, FG_RETRY means "that session's buffer
+   * is full" (keep it small, e.g. a few hundred KiB): the host keeps that session's messages
+   * in the host's per-session queue, goes on with other sessions, and resumes the session on
+   * FG_EVENT_SESSION_WRITABLE (or on a timer with 1.0 plugins). FG_ERR_STATE for a session
+   * that is gone. With FG_CAP_DELIVERY the plugin reports FG_DELIVERY_OK once the bytes were
+   * handed to the socket / acknowledged by the broker, FG_DELIVERY_FAILED when they never
+   * will be (session closed first), FG_DELIVERY_NO_RECEIVER when no one was there to take
+   * them (session == 0 and no subscriber matched).
    * delivery_id != 0 asks for an on_delivery callback (FG_CAP_DELIVERY plugins).
    * Called from host threads (the instance's dispatcher, or a router lane that publishes
    * directly while nothing is queued for the instance), never concurrently for one
@@ -232,6 +309,19 @@ typedef struct fg_plugin {
 
   /* Removes the subscription sub_id. Unknown ids return FG_OK. Same threading as subscribe. */
   fg_status (*unsubscribe)(fg_instance* inst, uint64_t sub_id);
+
+  /* ---- ABI 1.1 (optional: NULL or absent = not supported) ---- */
+
+  /* The final outcome of the message handed in with `token` (on_message_tracked). Called
+   * exactly once per token, from any host thread, possibly after stop() began (then it may be
+   * ignored). Must not block and must not call back into the host synchronously. The plugin
+   * now commits an offset, answers an HTTP request, or counts. */
+  void (*ack)(fg_instance* inst, uint64_t token, fg_outcome outcome);
+
+  /* Closes one client session (a slow consumer, a limit hit); reason is NUL-terminated text
+   * the plugin may send to the client (TCP/ZeroMQ: an error frame) before closing. The plugin
+   * then reports FG_SESSION_CLOSED as usual. Any host thread; must not block. */
+  fg_status (*close_session)(fg_instance* inst, uint64_t session, const char* reason);
 } fg_plugin;
 
 /* The one exported symbol. Returns the static descriptor, or NULL when the plugin cannot

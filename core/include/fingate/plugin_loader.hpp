@@ -45,6 +45,7 @@ class PluginLibrary {
   PluginLibrary(void* handle, const fg_plugin* desc, std::string path);
   void* handle_;
   const fg_plugin* desc_;
+  fg_plugin copy_{};  // the plugin's descriptor copied by its struct_size (members it lacks = 0)
   std::string path_;
 };
 
@@ -54,7 +55,9 @@ class PluginHost {
  public:
   virtual ~PluginHost() = default;
   virtual void log(fg_log_level level, std::string_view msg) = 0;
-  virtual fg_status onMessage(uint64_t sub_id, const fg_message& msg) = 0;
+  // token != 0 (ABI 1.1 on_message_tracked): the host calls PluginInstance::ack(token, ...) once.
+  virtual fg_status onMessage(uint64_t sub_id, const fg_message& msg, uint64_t token) = 0;
+  virtual void onEvent(const fg_event& /*ev*/) {}
   virtual void onDelivery(uint64_t /*delivery_id*/, fg_delivery /*status*/) {}
   virtual void onState(fg_state /*state*/, std::string_view /*detail*/) {}
   virtual void onSession(uint64_t /*session*/, fg_session_event /*event*/) {}
@@ -78,6 +81,11 @@ class PluginInstance {
   fg_status publish(const fg_message& msg, uint64_t delivery_id = 0);
   fg_status subscribe(std::string_view filter, uint64_t sub_id);
   fg_status unsubscribe(uint64_t sub_id);
+  // ABI 1.1 members; absent ones are no-ops (hasAck() / canCloseSession() say which).
+  bool hasAck() const;
+  void ack(uint64_t token, fg_outcome outcome);
+  bool canCloseSession() const;
+  fg_status closeSession(uint64_t session, const char* reason);
   const PluginLibrary& library() const { return *lib_; }
 
  private:

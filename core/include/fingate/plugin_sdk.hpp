@@ -115,6 +115,56 @@ class Host {
   void onSession(uint64_t session, fg_session_event ev) const {
     if (api_ && api_->on_session) api_->on_session(ctx_, session, ev);
   }
+  // ABI 1.1: true when the host offers member M of fg_host_api (it is inside its struct_size).
+#define FG_HOST_HAS(api, member) \
+  ((api) && (api)->struct_size >= offsetof(fg_host_api, member) + sizeof((api)->member) && (api)->member)
+  // An inbound message with an outcome token: the host will call Plugin::ack(token, outcome)
+  // once. A 1.0 host has no tokens: the message goes in untracked, *tracked is set to false and
+  // ack() is never called for it (the plugin decides what "taken" means, as with ABI 1.0).
+  fg_status onMessageTracked(uint64_t sub_id, const fg_message& msg, uint64_t token, bool* tracked = nullptr) const {
+    if (FG_HOST_HAS(api_, on_message_tracked)) {
+      if (tracked) *tracked = token != 0;
+      return api_->on_message_tracked(ctx_, sub_id, &msg, token);
+    }
+    if (tracked) *tracked = false;
+    return onMessage(sub_id, msg);
+  }
+  bool hasTokens() const { return FG_HOST_HAS(api_, on_message_tracked); }
+  void onEvent(const fg_event& ev) const {
+    if (FG_HOST_HAS(api_, on_event)) api_->on_event(ctx_, &ev);
+  }
+  // A subscription settled: status FG_OK confirmed, anything else refused. A 1.0 host only
+  // understands confirmations (FG_STATE_SUBSCRIBED with the decimal id).
+  void subscriptionSettled(uint64_t sub_id, fg_status status, const std::string& detail = "") const {
+    if (FG_HOST_HAS(api_, on_event)) {
+      fg_event ev{};
+      ev.struct_size = sizeof(fg_event);
+      ev.kind = FG_EVENT_SUBSCRIPTION;
+      ev.sub_id = sub_id;
+      ev.status = status;
+      ev.detail = detail.c_str();
+      api_->on_event(ctx_, &ev);
+    } else if (status == FG_OK) {
+      onState(FG_STATE_SUBSCRIBED, std::to_string(sub_id));
+    }
+  }
+  // Facts of the current connection (FG_CONN_* flags); send before UP/RECONNECTED.
+  void connectionFacts(uint32_t flags) const {
+    fg_event ev{};
+    ev.struct_size = sizeof(fg_event);
+    ev.kind = FG_EVENT_CONNECTION;
+    ev.flags = flags;
+    onEvent(ev);
+  }
+  // A session that answered FG_RETRY can take more.
+  void sessionWritable(uint64_t session) const {
+    fg_event ev{};
+    ev.struct_size = sizeof(fg_event);
+    ev.kind = FG_EVENT_SESSION_WRITABLE;
+    ev.session = session;
+    onEvent(ev);
+  }
+
   // FG_OK when allowed; otherwise the refusal status, and *reason gets why.
   fg_status authorizeSubscribe(uint64_t session, std::string_view filter, std::string* reason = nullptr) const {
     if (!api_ || api_->struct_size < offsetof(fg_host_api, authorize_subscribe) + sizeof(void*) ||
@@ -144,6 +194,10 @@ class Plugin {
   virtual fg_status publish(const fg_message& msg, uint64_t delivery_id) = 0;
   virtual fg_status subscribe(std::string_view /*filter*/, uint64_t /*sub_id*/) { return FG_OK; }
   virtual fg_status unsubscribe(uint64_t /*sub_id*/) { return FG_OK; }
+  // ABI 1.1: the final outcome of a message handed in with a token. Never blocks.
+  virtual void ack(uint64_t /*token*/, fg_outcome /*outcome*/) {}
+  // ABI 1.1: close one client session (slow consumer, limit); FG_ERR_UNSUPPORTED by default.
+  virtual fg_status closeSession(uint64_t /*session*/, const char* /*reason*/) { return FG_ERR_UNSUPPORTED; }
 
   const Host& host() const { return host_; }
 
@@ -213,6 +267,15 @@ struct Glue {
   static fg_status unsubscribe(fg_instance* i, uint64_t id) {
     return guard(i, "unsubscribe", [id](Plugin* p) { return p->unsubscribe(id); });
   }
+  static void ack(fg_instance* i, uint64_t token, fg_outcome outcome) {
+    guard(i, "ack", [token, outcome](Plugin* p) {
+      p->ack(token, outcome);
+      return FG_OK;
+    });
+  }
+  static fg_status closeSession(fg_instance* i, uint64_t session, const char* reason) {
+    return guard(i, "close_session", [session, reason](Plugin* p) { return p->closeSession(session, reason ? reason : ""); });
+  }
 };
 
 }  // namespace detail
@@ -226,7 +289,8 @@ struct Glue {
     using G = ::fingate::sdk::detail::Glue<CLASS>;                                               \
     static const fg_plugin desc = {FG_ABI_VERSION, sizeof(fg_plugin), NAME, VERSION, CAPS, keys,  \
                                    &G::create,     &G::destroy,       &G::start, &G::stop,         \
-                                   &G::publish,    &G::subscribe,     &G::unsubscribe};           \
+                                   &G::publish,    &G::subscribe,     &G::unsubscribe, &G::ack,    \
+                                   &G::closeSession};                                            \
     if (FG_ABI_MAJOR(host_abi_version) != FG_ABI_VERSION_MAJOR) return nullptr;                  \
     return &desc;                                                                                 \
   }

@@ -2,7 +2,11 @@
 // and session. Learned from register messages, persisted in the state directory.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <memory>
+#include <thread>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -24,17 +28,39 @@ struct FinBinding {
   bool restored = false;         // loaded from the state file, no live session yet
 };
 
+using BindingPtr = std::shared_ptr<const FinBinding>;
+
+// Limits the registry enforces in bind() (see Limits in config.hpp).
+struct RegistryLimits {
+  uint32_t fins_per_session = 64;
+  uint32_t fins_per_endpoint = 10000;
+};
+
+// What bind() decided. error empty = bound.
+struct BindResult {
+  std::string error;         // "" | "capability_conflict" | "limit_fins_per_session" | "limit_fins_per_endpoint"
+  std::string detail;        // one human line for the nack / dead letter
+  BindingPtr prev;           // the fin's binding before (nullptr when new)
+  std::vector<std::string> gone;  // topics the previous binding had and the new one has not
+};
+
 class Registry {
  public:
-  // Owner of a topic (fin id or capability id), if bound.
-  std::optional<FinBinding> lookup(const std::string& topic) const;
+  Registry();
+  ~Registry();  // writes what is pending
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // Owner of a topic (fin id or capability id), if bound. Copies one pointer, nothing else.
+  BindingPtr lookup(const std::string& topic) const;
   // Every fin id / capability id of a binding are its topics.
   static std::vector<std::string> topicsOf(const FinBinding& b);
 
-  // Adds or replaces the binding of b.fin_id; returns the topics that the previous binding had
-  // and the new one has not (to unsubscribe). Ids of other fins are not touched (the caller
-  // checked conflicts with ownerConflict()).
-  std::vector<std::string> bind(const FinBinding& b);
+  void setLimits(RegistryLimits l);
+  // Check and bind in one step (under one lock, so two endpoints registering the same id at
+  // once cannot both win): refuses when an id of b is bound to another live owner (a restored
+  // binding can be claimed only by a register of the same fin id), or a limit is hit.
+  BindResult bind(const FinBinding& b);
   // Which capability/fin id of b is already bound to another live owner: returns the id, or "".
   std::string ownerConflict(const FinBinding& b) const;
   // Register ack/nack from the orchestrator: commit (acked = true) or remove. Returns the fin id
@@ -49,28 +75,48 @@ class Registry {
   std::vector<FinBinding> removeEndpoint(const std::string& endpoint);
   std::vector<FinBinding> removeSession(const std::string& endpoint, uint64_t session);
   std::vector<FinBinding> removeAll();
+  // Removes every binding pred selects.
+  std::vector<FinBinding> removeIf(const std::function<bool(const FinBinding&)>& pred);
 
   std::vector<FinBinding> snapshot() const;
   size_t size() const;
+  size_t countFor(const std::string& endpoint, uint64_t session) const;
 
-  // Persistence: the state file (JSON). save() writes atomically (temp file, fsync, rename).
-  // An empty path disables persistence.
-  void setStateFile(std::string path) { state_file_ = std::move(path); }
+  // Persistence: the state file (JSON), written off the caller's thread by one writer:
+  // changes are coalesced for `delay_ms` (staleness bound), then the whole file is written to
+  // a temp file, fsynced and renamed. An empty path disables persistence.
+  void setStateFile(std::string path, uint32_t delay_ms = 100);
   const std::string& stateFile() const { return state_file_; }
-  // Loads the state file (missing file = empty); throws std::runtime_error on a corrupt file.
-  void load();
-  void save() const;  // logs (does not throw) on I/O errors
+  // Loads the state file (missing file = empty). Every binding is validated like a live
+  // register (ids, endpoint known when `endpoint_known` is given); bad ones are dropped with a
+  // warning. A file that cannot be read as a state file is moved aside
+  // (<file>.corrupt-<unix time>) with an error line, and the registry starts empty.
+  void load(const std::function<bool(const std::string&)>& endpoint_known = {});
+  // Writes what is pending now and waits for it (tests, shutdown).
+  void flush();
+  uint64_t writes() const { return writes_.load(); }
 
  private:
-  // Removes (and returns) every binding pred selects; saves when any went.
-  std::vector<FinBinding> removeIf(const std::function<bool(const FinBinding&)>& pred);
-  void saveLocked() const;
+  using Ptr = std::shared_ptr<FinBinding>;
+  void changedLocked();
+  void writerLoop();
+  std::string serializeLocked() const;
+  void writeFile(const std::string& j) const;
   std::vector<std::string> indexAdd(const FinBinding& b);
   void indexRemove(const FinBinding& b);
+  std::string conflictLocked(const FinBinding& b) const;
   mutable std::mutex mu_;
-  std::map<std::string, FinBinding> fins_;        // fin_id -> binding
-  std::map<std::string, std::string> by_topic_;   // fin id / capability id -> fin_id
+  std::map<std::string, Ptr> fins_;             // fin_id -> binding (replaced, never changed in place)
+  std::map<std::string, std::string> by_topic_;  // fin id / capability id -> fin_id
+  RegistryLimits limits_;
   std::string state_file_;
+  uint32_t delay_ms_ = 100;
+  // writer
+  std::condition_variable writer_cv_, written_cv_;
+  std::thread writer_;
+  bool dirty_ = false, stop_writer_ = false;
+  uint64_t version_ = 0, written_version_ = 0;
+  std::atomic<uint64_t> writes_{0};
 };
 
 }  // namespace fingate

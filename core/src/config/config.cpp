@@ -135,6 +135,7 @@ class Parser {
         cfg.plugins_dir = string(e, k);
       } else if (k == "state_dir") {
         cfg.state_dir = string(e, k);
+        cfg.state_dir_mark = toMark(valueMark(e));
       } else if (k == "log_level") {
         cfg.log_level = oneOf(e, k, {"trace", "debug", "info", "warn", "error"});
       } else if (k == "admin") {
@@ -149,6 +150,8 @@ class Parser {
         cfg.subscribe_timeout_ms = integer(e, k, 1, 600000);
       } else if (k == "register_replay") {
         cfg.register_replay_s = duration(e, k);
+      } else if (k == "limits") {
+        parseLimits(e, cfg.limits);
       } else if (k == "endpoints") {
         have_endpoints = true;
         parseEndpoints(e, cfg.endpoints);
@@ -157,7 +160,7 @@ class Parser {
       } else {
         fail(e.key_mark, "unknown key '" + k +
                              "' (expected plugins_dir, state_dir, log_level, admin, queue_capacity, "
-                             "dead_letter_capacity, drain_timeout_ms, subscribe_timeout_ms, register_replay, endpoints, "
+                             "dead_letter_capacity, drain_timeout_ms, subscribe_timeout_ms, register_replay, limits, endpoints, "
                              "routes)");
       }
     }
@@ -301,25 +304,95 @@ class Parser {
     if (!e.value.IsMap()) fail(valueMark(e), path + ": expected a map" + example + ", got " + describe(e.value));
   }
 
-  // host:port (IPv6 as [::1]:port), port 0..65535; empty disables the listener.
+  // listen: host:port (IPv6 as [::1]:port), port 0..65535; empty disables the listener.
+  // token: the bearer token (16 characters at least, no spaces); allowed_hosts: a list.
+  void parseLimits(const Entry& e, Limits& l) const {
+    requireMap(e, "limits", " (e.g. { fins_per_session: 64 })");
+    struct Key {
+      const char* name;
+      uint32_t* u32;
+      uint64_t* u64;
+      uint32_t min, max;
+    };
+    const Key keys[] = {
+        {"fins_per_session", &l.fins_per_session, nullptr, 1, 1000000},
+        {"fins_per_endpoint", &l.fins_per_endpoint, nullptr, 1, 10000000},
+        {"capabilities_per_register", &l.capabilities_per_register, nullptr, 1, 100000},
+        {"echo_window_entries", &l.echo_window_entries, nullptr, 16, 16777216},
+        {"pending_registers", &l.pending_registers, nullptr, 1, 1000000},
+        {"pending_followers", &l.pending_followers, nullptr, 0, 1000000},
+        {"session_queue_messages", &l.session_queue_messages, nullptr, 1, 16777216},
+        {"session_queue_bytes", nullptr, &l.session_queue_bytes, 1024, 4294967295u},
+        {"slow_consumer_grace_ms", &l.slow_consumer_grace_ms, nullptr, 0, 3600000},
+        {"dead_letter_bytes", nullptr, &l.dead_letter_bytes, 0, 4294967295u},
+        {"restored_backlog", &l.restored_backlog, nullptr, 0, 1000000},
+        {"restored_backlog_ttl_ms", &l.restored_backlog_ttl_ms, nullptr, 1, 3600000},
+        {"state_write_delay_ms", &l.state_write_delay_ms, nullptr, 0, 60000},
+    };
+    for (const Entry& a : entries(e.value, "limits")) {
+      const Key* k = nullptr;
+      for (auto& c : keys)
+        if (a.key == c.name) k = &c;
+      if (!k) {
+        std::string all;
+        for (auto& c : keys) all += std::string(all.empty() ? "" : ", ") + c.name;
+        fail(a.key_mark, "limits." + a.key + ": unknown key (expected " + all + ")");
+      }
+      uint32_t v = integer(a, "limits." + a.key, k->min, k->max);
+      if (k->u32) *k->u32 = v;
+      else *k->u64 = v;
+    }
+  }
+
   void parseAdmin(const Entry& e, AdminConfig& admin) const {
-    requireMap(e, "admin", " (e.g. { listen: 127.0.0.1:9400 })");
+    requireMap(e, "admin", " (e.g. { listen: 127.0.0.1:9400, token: ${FINGATE_ADMIN_TOKEN} })");
     admin.mark = toMark(e.key_mark);
     for (const Entry& a : entries(e.value, "admin")) {
-      if (a.key != "listen") fail(a.key_mark, "admin." + a.key + ": unknown key (expected listen)");
-      std::string v = string(a, "admin.listen");
-      if (!v.empty()) {
-        size_t colon = v.rfind(':');
-        std::string port = colon == std::string::npos ? "" : v.substr(colon + 1);
-        bool ok = colon != std::string::npos && colon > 0 && !port.empty() && port.size() <= 5;
-        for (char c : port) ok = ok && c >= '0' && c <= '9';
-        if (ok) ok = std::stoul(port) <= 65535;
-        if (!ok)
-          fail(a.value.Mark(), "admin.listen: expected host:port (e.g. 127.0.0.1:9400) or \"\" for no admin "
-                               "listener, got '" + v + "'");
+      if (a.key == "listen") {
+        std::string v = string(a, "admin.listen");
+        if (!v.empty()) {
+          size_t colon = v.rfind(':');
+          std::string port = colon == std::string::npos ? "" : v.substr(colon + 1);
+          bool ok = colon != std::string::npos && colon > 0 && !port.empty() && port.size() <= 5;
+          for (char c : port) ok = ok && c >= '0' && c <= '9';
+          if (ok) ok = std::stoul(port) <= 65535;
+          if (!ok)
+            fail(a.value.Mark(), "admin.listen: expected host:port (e.g. 127.0.0.1:9400) or \"\" for no admin "
+                                 "listener, got '" + v + "'");
+        }
+        admin.listen = v;
+        admin.mark = toMark(a.value.Mark());
+      } else if (a.key == "token") {
+        std::string v = scalar(a, "admin.token", "a string (a bearer token; ${ENV_NAME} keeps it out of the file)");
+        // The value is a secret: errors never quote it.
+        for (char c : v)
+          if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7F)
+            fail(a.value.Mark(), "admin.token: must not contain spaces or control characters");
+        if (!v.empty() && v.size() < 16)
+          fail(a.value.Mark(), "admin.token: too short (" + std::to_string(v.size()) +
+                                   " characters; use at least 16, e.g. the output of `openssl rand -hex 32`)");
+        admin.token = v;
+        admin.token_mark = toMark(a.value.Mark());
+      } else if (a.key == "allowed_hosts") {
+        if (!a.value.IsSequence())
+          fail(valueMark(a), "admin.allowed_hosts: expected a list of host names (e.g. [admin.example.org, "
+                             "\"localhost:8000\"]), got " + describe(a.value));
+        for (size_t i = 0; i < a.value.size(); ++i) {
+          const YAML::Node item = a.value[i];
+          const std::string path = "admin.allowed_hosts[" + std::to_string(i) + "]";
+          YAML::Mark m = item.Mark().is_null() ? a.key_mark : item.Mark();
+          if (!item.IsScalar()) fail(m, path + ": expected a host name or host:port, got " + describe(item));
+          bool env = false;
+          std::string h = expand(item.Scalar(), m, path, env);
+          bool ok = !h.empty() && h.size() <= 255;
+          for (char c : h)
+            ok = ok && static_cast<unsigned char>(c) > 0x20 && c != 0x7F && c != '/' && c != '@' && c != '?' && c != '#';
+          if (!ok) fail(m, path + ": expected a host name or host:port (e.g. admin.example.org), got '" + h + "'");
+          admin.allowed_hosts.push_back(h);
+        }
+      } else {
+        fail(a.key_mark, "admin." + a.key + ": unknown key (expected listen, token, allowed_hosts)");
       }
-      admin.listen = v;
-      admin.mark = toMark(a.value.Mark());
     }
   }
 

@@ -1083,6 +1083,7 @@ std::string validateId(std::string_view id) {
   if (id.empty()) return "empty id";
   if (id.size() > 1024) return "id longer than 1024 bytes";
   if (id == "soarca") return "reserved id \"soarca\"";
+  if (id[0] == '$') return "id starts with '$' (reserved for broker system topics such as $SYS)";
   for (size_t i = 0; i < id.size();) {
     unsigned char ch = static_cast<unsigned char>(id[i]);
     if (ch == '+' || ch == '#') return "id contains an MQTT wildcard ('+' or '#')";

@@ -22,7 +22,7 @@ void cLog(void* ctx, fg_log_level level, const char* msg) {
 fg_status cOnMessage(void* ctx, uint64_t sub_id, const fg_message* msg) {
   if (!msg) return FG_ERR_INVALID_ARG;
   try {
-    return hostOf(ctx).onMessage(sub_id, *msg);
+    return hostOf(ctx).onMessage(sub_id, *msg, 0);
   } catch (...) {
     return FG_ERR_INTERNAL;
   }
@@ -42,6 +42,21 @@ void cOnState(void* ctx, fg_state st, const char* detail) {
 void cOnSession(void* ctx, uint64_t session, fg_session_event ev) {
   try {
     hostOf(ctx).onSession(session, ev);
+  } catch (...) {
+  }
+}
+fg_status cOnMessageTracked(void* ctx, uint64_t sub_id, const fg_message* msg, uint64_t token) {
+  if (!msg) return FG_ERR_INVALID_ARG;
+  try {
+    return hostOf(ctx).onMessage(sub_id, *msg, token);
+  } catch (...) {
+    return FG_ERR_INTERNAL;
+  }
+}
+void cOnEvent(void* ctx, const fg_event* ev) {
+  if (!ev || ev->struct_size < offsetof(fg_event, detail) + sizeof(ev->detail)) return;
+  try {
+    hostOf(ctx).onEvent(*ev);
   } catch (...) {
   }
 }
@@ -122,7 +137,14 @@ std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::string& path, cons
   if (missing) fail(std::string("descriptor lacks the required function ") + missing);
   if (!expected_name.empty() && expected_name != d->name)
     fail("plugin calls itself '" + std::string(d->name) + "', expected '" + expected_name + "'");
-  return std::shared_ptr<PluginLibrary>(new PluginLibrary(h, d, path));
+  // OBS's rule: copy what the plugin's build has (struct_size) into a zeroed descriptor of the
+  // host's size; members the plugin does not know read as NULL, and a descriptor larger than
+  // ours (a newer minor) is cut to what we know.
+  auto lib = std::shared_ptr<PluginLibrary>(new PluginLibrary(h, d, path));
+  std::memset(&lib->copy_, 0, sizeof lib->copy_);
+  std::memcpy(&lib->copy_, d, std::min<size_t>(d->struct_size, sizeof lib->copy_));
+  lib->desc_ = &lib->copy_;
+  return lib;
 }
 
 bool PluginLibrary::acceptsKey(std::string_view key) const {
@@ -157,6 +179,8 @@ PluginInstance::PluginInstance(std::shared_ptr<PluginLibrary> lib, PluginHost& h
   api_.on_state = cOnState;
   api_.on_session = cOnSession;
   api_.authorize_subscribe = cAuthorize;
+  api_.on_message_tracked = cOnMessageTracked;
+  api_.on_event = cOnEvent;
   std::vector<fg_kv> kv;
   kv.reserve(cfg.size());
   for (auto& [k, v] : cfg) kv.push_back(fg_kv{k.c_str(), v.c_str()});
@@ -178,5 +202,14 @@ fg_status PluginInstance::subscribe(std::string_view filter, uint64_t sub_id) {
   return lib_->descriptor().subscribe(inst_, fg_str{filter.data(), filter.size()}, sub_id);
 }
 fg_status PluginInstance::unsubscribe(uint64_t sub_id) { return lib_->descriptor().unsubscribe(inst_, sub_id); }
+bool PluginInstance::hasAck() const { return lib_->descriptor().ack != nullptr; }
+void PluginInstance::ack(uint64_t token, fg_outcome outcome) {
+  if (auto f = lib_->descriptor().ack) f(inst_, token, outcome);
+}
+bool PluginInstance::canCloseSession() const { return lib_->descriptor().close_session != nullptr; }
+fg_status PluginInstance::closeSession(uint64_t session, const char* reason) {
+  auto f = lib_->descriptor().close_session;
+  return f ? f(inst_, session, reason) : FG_ERR_UNSUPPORTED;
+}
 
 }  // namespace fingate

@@ -23,25 +23,49 @@ std::vector<std::string> Registry::topicsOf(const FinBinding& b) {
   return t;
 }
 
-std::optional<FinBinding> Registry::lookup(const std::string& topic) const {
+Registry::Registry() = default;
+
+Registry::~Registry() {
+  {
+    std::lock_guard lk(mu_);
+    stop_writer_ = true;
+  }
+  writer_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+}
+
+void Registry::setLimits(RegistryLimits l) {
+  std::lock_guard lk(mu_);
+  limits_ = l;
+}
+
+BindingPtr Registry::lookup(const std::string& topic) const {
   std::lock_guard lk(mu_);
   auto it = by_topic_.find(topic);
-  if (it == by_topic_.end()) return std::nullopt;
+  if (it == by_topic_.end()) return nullptr;
   auto f = fins_.find(it->second);
-  if (f == fins_.end()) return std::nullopt;
+  if (f == fins_.end()) return nullptr;
   return f->second;
+}
+
+std::string Registry::conflictLocked(const FinBinding& b) const {
+  for (auto& t : topicsOf(b)) {
+    auto it = by_topic_.find(t);
+    if (it == by_topic_.end()) continue;
+    const FinBinding& other = *fins_.at(it->second);
+    // A restored binding (no live session yet) is claimed by a register of the same fin.
+    if (other.restored) {
+      if (other.fin_id != b.fin_id) return t;
+      continue;
+    }
+    if (other.endpoint != b.endpoint || other.session != b.session) return t;
+  }
+  return "";
 }
 
 std::string Registry::ownerConflict(const FinBinding& b) const {
   std::lock_guard lk(mu_);
-  for (auto& t : topicsOf(b)) {
-    auto it = by_topic_.find(t);
-    if (it == by_topic_.end()) continue;
-    const FinBinding& other = fins_.at(it->second);
-    if (other.restored) continue;  // no live session holds it
-    if (other.endpoint != b.endpoint || other.session != b.session) return t;
-  }
-  return "";
+  return conflictLocked(b);
 }
 
 std::vector<std::string> Registry::indexAdd(const FinBinding& b) {
@@ -52,15 +76,17 @@ std::vector<std::string> Registry::indexAdd(const FinBinding& b) {
     if (it != by_topic_.end() && it->second != b.fin_id) {
       auto f = fins_.find(it->second);
       if (f != fins_.end()) {
-        if (f->second.fin_id == t) {
+        if (f->second->fin_id == t) {
           // the other fin's own id is taken: it goes entirely
-          FinBinding old = f->second;
-          indexRemove(old);
+          Ptr old = f->second;
+          indexRemove(*old);
           fins_.erase(f);
-          for (auto& ot : topicsOf(old))
+          for (auto& ot : topicsOf(*old))
             if (ot != t) dropped.push_back(ot);
         } else {
-          std::erase(f->second.capabilities, t);
+          auto copy = std::make_shared<FinBinding>(*f->second);
+          std::erase(copy->capabilities, t);
+          f->second = std::move(copy);
         }
       }
     }
@@ -76,30 +102,66 @@ void Registry::indexRemove(const FinBinding& b) {
   }
 }
 
-std::vector<std::string> Registry::bind(const FinBinding& b) {
+size_t Registry::countFor(const std::string& endpoint, uint64_t session) const {
   std::lock_guard lk(mu_);
-  std::vector<std::string> gone;
+  size_t n = 0;
+  for (auto& [id, b] : fins_)
+    if (b->endpoint == endpoint && (session == 0 || b->session == session)) ++n;
+  return n;
+}
+
+BindResult Registry::bind(const FinBinding& b) {
+  std::lock_guard lk(mu_);
+  BindResult r;
+  std::string conflict = conflictLocked(b);
+  if (!conflict.empty()) {
+    r.error = "capability_conflict";
+    r.detail = "'" + conflict + "' is bound to another live fin session";
+    return r;
+  }
   auto it = fins_.find(b.fin_id);
-  if (it != fins_.end()) {
+  if (it == fins_.end()) {
+    // A new fin: count what this session / endpoint already holds.
+    size_t per_session = 0, per_endpoint = 0;
+    for (auto& [id, o] : fins_) {
+      if (o->endpoint != b.endpoint) continue;
+      ++per_endpoint;
+      if (b.session != 0 && o->session == b.session && !o->restored) ++per_session;
+    }
+    if (b.session != 0 && per_session >= limits_.fins_per_session) {
+      r.error = "limit_fins_per_session";
+      r.detail = "this session already has " + std::to_string(per_session) + " fin(s) (limits.fins_per_session)";
+      return r;
+    }
+    if (per_endpoint >= limits_.fins_per_endpoint) {
+      r.error = "limit_fins_per_endpoint";
+      r.detail = "endpoint " + b.endpoint + " already has " + std::to_string(per_endpoint) +
+                 " fin(s) (limits.fins_per_endpoint)";
+      return r;
+    }
+  } else {
+    r.prev = it->second;
     auto now = topicsOf(b);
-    for (auto& t : topicsOf(it->second))
-      if (std::find(now.begin(), now.end(), t) == now.end()) gone.push_back(t);
-    indexRemove(it->second);
+    for (auto& t : topicsOf(*it->second))
+      if (std::find(now.begin(), now.end(), t) == now.end()) r.gone.push_back(t);
+    indexRemove(*it->second);
   }
   auto dropped = indexAdd(b);
-  fins_[b.fin_id] = b;
-  gone.insert(gone.end(), dropped.begin(), dropped.end());
-  saveLocked();
-  return gone;
+  fins_[b.fin_id] = std::make_shared<FinBinding>(b);
+  r.gone.insert(r.gone.end(), dropped.begin(), dropped.end());
+  changedLocked();
+  return r;
 }
 
 std::string Registry::commit(const std::string& fin_id, const std::string& register_message_id) {
   std::lock_guard lk(mu_);
   auto it = fins_.find(fin_id);
-  if (it == fins_.end() || it->second.register_message_id != register_message_id) return "";
-  if (!it->second.acked) {
-    it->second.acked = true;
-    saveLocked();
+  if (it == fins_.end() || it->second->register_message_id != register_message_id) return "";
+  if (!it->second->acked) {
+    auto copy = std::make_shared<FinBinding>(*it->second);
+    copy->acked = true;
+    it->second = std::move(copy);
+    changedLocked();
   }
   return fin_id;
 }
@@ -107,11 +169,11 @@ std::string Registry::commit(const std::string& fin_id, const std::string& regis
 std::optional<FinBinding> Registry::undo(const std::string& fin_id, const std::string& register_message_id) {
   std::lock_guard lk(mu_);
   auto it = fins_.find(fin_id);
-  if (it == fins_.end() || it->second.register_message_id != register_message_id) return std::nullopt;
-  FinBinding b = it->second;
+  if (it == fins_.end() || it->second->register_message_id != register_message_id) return std::nullopt;
+  FinBinding b = *it->second;
   indexRemove(b);
   fins_.erase(it);
-  saveLocked();
+  changedLocked();
   return b;
 }
 
@@ -119,10 +181,10 @@ std::vector<FinBinding> Registry::removeFin(const std::string& fin_id) {
   std::lock_guard lk(mu_);
   auto it = fins_.find(fin_id);
   if (it == fins_.end()) return {};
-  FinBinding b = it->second;
+  FinBinding b = *it->second;
   indexRemove(b);
   fins_.erase(it);
-  saveLocked();
+  changedLocked();
   return {b};
 }
 
@@ -133,15 +195,18 @@ std::optional<FinBinding> Registry::removeCapability(const std::string& capabili
   if (t == by_topic_.end()) return std::nullopt;
   auto it = fins_.find(t->second);
   if (it == fins_.end() || it->first == capability_id) return std::nullopt;  // a fin id, not a capability
-  std::erase(it->second.capabilities, capability_id);
+  auto copy = std::make_shared<FinBinding>(*it->second);
+  std::erase(copy->capabilities, capability_id);
   by_topic_.erase(t);
-  FinBinding after = it->second;
+  FinBinding after = *copy;
   if (after.capabilities.empty()) {
     indexRemove(after);
     fins_.erase(it);
     if (fin_removed) *fin_removed = true;
+  } else {
+    it->second = std::move(copy);
   }
-  saveLocked();
+  changedLocked();
   return after;
 }
 
@@ -149,15 +214,15 @@ std::vector<FinBinding> Registry::removeIf(const std::function<bool(const FinBin
   std::lock_guard lk(mu_);
   std::vector<FinBinding> out;
   for (auto it = fins_.begin(); it != fins_.end();) {
-    if (pred(it->second)) {
-      out.push_back(it->second);
-      indexRemove(it->second);
+    if (pred(*it->second)) {
+      out.push_back(*it->second);
+      indexRemove(*it->second);
       it = fins_.erase(it);
     } else {
       ++it;
     }
   }
-  if (!out.empty()) saveLocked();
+  if (!out.empty()) changedLocked();
   return out;
 }
 
@@ -172,10 +237,10 @@ std::vector<FinBinding> Registry::removeSession(const std::string& endpoint, uin
 std::vector<FinBinding> Registry::removeAll() {
   std::lock_guard lk(mu_);
   std::vector<FinBinding> out;
-  for (auto& [id, b] : fins_) out.push_back(b);
+  for (auto& [id, b] : fins_) out.push_back(*b);
   fins_.clear();
   by_topic_.clear();
-  if (!out.empty()) saveLocked();
+  if (!out.empty()) changedLocked();
   return out;
 }
 
@@ -183,7 +248,7 @@ std::vector<FinBinding> Registry::snapshot() const {
   std::lock_guard lk(mu_);
   std::vector<FinBinding> out;
   out.reserve(fins_.size());
-  for (auto& [id, b] : fins_) out.push_back(b);
+  for (auto& [id, b] : fins_) out.push_back(*b);
   return out;
 }
 
@@ -194,16 +259,55 @@ size_t Registry::size() const {
 
 // ---- persistence -------------------------------------------------------------------------
 
-void Registry::save() const {
+void Registry::setStateFile(std::string path, uint32_t delay_ms) {
   std::lock_guard lk(mu_);
-  saveLocked();
+  state_file_ = std::move(path);
+  delay_ms_ = delay_ms;
+  if (!state_file_.empty() && !writer_.joinable()) writer_ = std::thread([this] { writerLoop(); });
 }
 
-void Registry::saveLocked() const {
+void Registry::changedLocked() {
   if (state_file_.empty()) return;
+  ++version_;
+  if (!dirty_) {
+    dirty_ = true;
+    writer_cv_.notify_one();
+  }
+}
+
+void Registry::flush() {
+  std::unique_lock lk(mu_);
+  if (state_file_.empty() || !writer_.joinable()) return;
+  uint64_t want = version_;
+  writer_cv_.notify_one();
+  written_cv_.wait(lk, [&] { return written_version_ >= want || stop_writer_; });
+}
+
+void Registry::writerLoop() {
+  std::unique_lock lk(mu_);
+  while (true) {
+    writer_cv_.wait(lk, [&] { return dirty_ || stop_writer_; });
+    if (!dirty_ && stop_writer_) return;
+    // Coalesce: whatever changes in the next delay_ms goes into the same write.
+    if (!stop_writer_ && delay_ms_)
+      writer_cv_.wait_for(lk, std::chrono::milliseconds(delay_ms_), [&] { return stop_writer_; });
+    dirty_ = false;
+    uint64_t v = version_;
+    std::string j = serializeLocked();
+    lk.unlock();
+    writeFile(j);  // the registry lock is not held while the file is written and fsynced
+    writes_.fetch_add(1);
+    lk.lock();
+    written_version_ = v;
+    written_cv_.notify_all();
+  }
+}
+
+std::string Registry::serializeLocked() const {
   std::string j = "{\"version\":1,\"fins\":[";
   bool first = true;
-  for (auto& [id, b] : fins_) {
+  for (auto& [id, bp] : fins_) {
+    const FinBinding& b = *bp;
     if (!first) j += ',';
     first = false;
     auto str = [&](const char* key, const std::string& v) {
@@ -233,6 +337,10 @@ void Registry::saveLocked() const {
     j += '}';
   }
   j += "]}\n";
+  return j;
+}
+
+void Registry::writeFile(const std::string& j) const {
   std::string tmp = state_file_ + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) {
@@ -265,22 +373,19 @@ void Registry::saveLocked() const {
   }
 }
 
-void Registry::load() {
+void Registry::load(const std::function<bool(const std::string&)>& endpoint_known) {
   if (state_file_.empty() || !std::filesystem::exists(state_file_)) return;
-  YAML::Node root;
+  std::vector<FinBinding> loaded;
+  std::string why;
   try {
-    root = YAML::LoadFile(state_file_);
-  } catch (const YAML::Exception& e) {
-    throw std::runtime_error(state_file_ + ": corrupt state file: " + e.what());
-  }
-  std::lock_guard lk(mu_);
-  fins_.clear();
-  by_topic_.clear();
-  try {
+    YAML::Node root = YAML::LoadFile(state_file_);
+    if (!root.IsMap() || !root["fins"] || !root["fins"].IsSequence()) throw std::runtime_error("no 'fins' list");
     for (const auto& n : root["fins"]) {
+      if (!n.IsMap()) throw std::runtime_error("a 'fins' entry is not a map");
       FinBinding b;
       b.fin_id = n["fin_id"].as<std::string>();
       b.endpoint = n["endpoint"].as<std::string>();
+      if (n["capabilities"] && !n["capabilities"].IsSequence()) throw std::runtime_error("capabilities is not a list");
       for (const auto& c : n["capabilities"]) b.capabilities.push_back(c.as<std::string>());
       b.acked = n["acked"].as<bool>(false);
       b.registered_at = n["registered_at"].as<int64_t>(0);
@@ -288,12 +393,48 @@ void Registry::load() {
       b.register_payload = n["register_payload"].as<std::string>("");
       b.restored = true;
       b.session = 0;
-      indexAdd(b);
-      fins_[b.fin_id] = std::move(b);
+      loaded.push_back(std::move(b));
     }
-  } catch (const YAML::Exception& e) {
-    throw std::runtime_error(state_file_ + ": corrupt state file: " + e.what());
+  } catch (const std::exception& e) {
+    why = e.what();
   }
+  if (!why.empty()) {
+    // Never refuse to start over a bad state file: keep it for a person to look at.
+    std::string aside = state_file_ + ".corrupt-" + std::to_string(::time(nullptr));
+    std::error_code ec;
+    std::filesystem::rename(state_file_, aside, ec);
+    spdlog::error("state: {} is not a valid state file ({}); moved aside to {}; starting with no bindings",
+                  state_file_, why, ec ? "(could not move: " + ec.message() + ")" : aside);
+    return;
+  }
+  std::lock_guard lk(mu_);
+  fins_.clear();
+  by_topic_.clear();
+  size_t dropped = 0;
+  for (auto& b : loaded) {
+    // The same checks as a live register: ids that could become hostile topics, endpoints
+    // that are not configured, ids already restored for another fin.
+    std::string bad = fin::validateId(b.fin_id);
+    for (auto& c : b.capabilities)
+      if (bad.empty()) {
+        bad = fin::validateId(c);
+        if (!bad.empty()) bad = "capability '" + c.substr(0, 64) + "': " + bad;
+      }
+    if (bad.empty() && endpoint_known && !endpoint_known(b.endpoint)) bad = "endpoint '" + b.endpoint + "' is not configured";
+    if (bad.empty() && fins_.count(b.fin_id)) bad = "duplicate fin id";
+    if (bad.empty())
+      for (auto& t : topicsOf(b))
+        if (by_topic_.count(t)) bad = "id '" + t.substr(0, 64) + "' is bound twice";
+    if (!bad.empty()) {
+      ++dropped;
+      spdlog::warn("state: dropped restored binding of fin '{}': {}", b.fin_id.substr(0, 64), bad);
+      continue;
+    }
+    indexAdd(b);
+    std::string id = b.fin_id;
+    fins_[id] = std::make_shared<FinBinding>(std::move(b));
+  }
+  if (dropped) changedLocked();
 }
 
 }  // namespace fingate

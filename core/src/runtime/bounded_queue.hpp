@@ -27,6 +27,53 @@ class BoundedQueue {
     not_empty_.notify_one();
     return true;
   }
+  // Pushes when there is room; on false v is left untouched (the caller still owns it).
+  bool pushOrKeep(T& v) {
+    std::unique_lock lk(mu_);
+    if (closed_ || items_.size() >= capacity_) return false;
+    items_.push_back(std::move(v));
+    lk.unlock();
+    not_empty_.notify_one();
+    return true;
+  }
+  // A control item: always taken (ignores the capacity), in FIFO order with the data, so
+  // that a plugin thread reporting an event never waits. Callers bound how many exist.
+  void pushControl(T&& v) {
+    {
+      std::lock_guard lk(mu_);
+      if (closed_) return;
+      items_.push_back(std::move(v));
+    }
+    not_empty_.notify_one();
+  }
+  bool full() const {
+    std::lock_guard lk(mu_);
+    return items_.size() >= capacity_;
+  }
+  bool closed() const {
+    std::lock_guard lk(mu_);
+    return closed_;
+  }
+  // Waits up to `wait` for an item; nullopt on timeout or when closed and empty.
+  std::optional<T> popFor(std::chrono::milliseconds wait) {
+    std::unique_lock lk(mu_);
+    if (!not_empty_.wait_for(lk, wait, [&] { return closed_ || !items_.empty(); })) return std::nullopt;
+    if (items_.empty()) return std::nullopt;
+    T v = std::move(items_.front());
+    items_.pop_front();
+    busy_ = true;
+    lk.unlock();
+    not_full_.notify_one();
+    return v;
+  }
+  // An item if one is there (after close too: to settle what was left).
+  std::optional<T> tryPop() {
+    std::lock_guard lk(mu_);
+    if (items_.empty()) return std::nullopt;
+    T v = std::move(items_.front());
+    items_.pop_front();
+    return v;
+  }
   // Blocks until an item arrives or the queue is closed and empty.
   std::optional<T> pop() {
     std::unique_lock lk(mu_);

@@ -11,6 +11,7 @@ int64_t steadyNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
+int64_t steadyMs() { return steadyNs() / 1000000; }
 const char* stateName(fg_state s) {
   switch (s) {
     case FG_STATE_STARTING: return "starting";
@@ -23,28 +24,53 @@ const char* stateName(fg_state s) {
     default: return "unknown";
   }
 }
+// Set on lane threads: only they publish directly (a plugin thread reporting a delivery never
+// calls back into a plugin's publish; what it sends goes through the queues).
+thread_local bool t_on_lane = false;
 }  // namespace
 
 Endpoint::Endpoint(const EndpointConfig& cfg, std::shared_ptr<PluginLibrary> lib, Router& router,
                    const EndpointOptions& opts)
-    : cfg_(cfg), router_(router), opts_(opts), inbound_(opts.queue_capacity), outbound_(opts.queue_capacity) {
-  rep_ = std::make_shared<RouterEndpoint>();
-  rep_->name = cfg.name;
-  rep_->role = cfg.role;
-  rep_->out = this;
-  rep_->sessions = (lib->capabilities() & FG_CAP_SESSIONS) != 0;
-  rep_->no_local = (lib->capabilities() & FG_CAP_NO_LOCAL) != 0;
-  rep_->compat_python_fin = cfg.compat == "python-fin";
+    : cfg_(cfg), router_(router), opts_(opts), inbound_(opts.queue_capacity) {
+  caps_ = lib->capabilities();
+  no_local_ = (caps_ & FG_CAP_NO_LOCAL) != 0;
   std::vector<std::pair<std::string, std::string>> kv;
   for (auto& o : cfg.options) kv.emplace_back(o.key, o.value);
   instance_ = std::make_unique<PluginInstance>(std::move(lib), *this, kv);
+  plugin_acks_ = instance_->hasAck();
 }
 
 Endpoint::~Endpoint() { stop(1000); }
 
+void Endpoint::markCurrentThreadAsLane() { t_on_lane = true; }
+
+std::shared_ptr<RouterEndpoint> Endpoint::routerEndpoint() {
+  auto r = std::make_shared<RouterEndpoint>();
+  r->name = cfg_.name;
+  r->role = cfg_.role;
+  r->out = this;
+  r->sessions = (caps_ & FG_CAP_SESSIONS) != 0;
+  r->subscribe_ack = (caps_ & FG_CAP_SUBSCRIBE_ACK) != 0;
+  r->compat_python_fin = cfg_.compat == "python-fin";
+  r->owner = shared_from_this();
+  return r;
+}
+
 std::string Endpoint::stateDetail() const {
   std::lock_guard lk(detail_mu_);
   return detail_;
+}
+
+size_t Endpoint::outboundDepth() const {
+  std::lock_guard lk(publish_mu_);
+  size_t n = outbound_.size();
+  for (auto& [id, s] : sessions_) n += s.q.size();
+  return n;
+}
+
+size_t Endpoint::sessionQueues() const {
+  std::lock_guard lk(publish_mu_);
+  return sessions_.size();
 }
 
 void Endpoint::start() {
@@ -62,34 +88,80 @@ void Endpoint::start() {
 
 void Endpoint::requestReplay() {
   if (cfg_.role != Role::Orchestrator || stopping_.load()) return;
-  if (!inbound_.push(InItem(Replay{}), std::chrono::milliseconds(100)))
-    spdlog::warn("endpoint {}: register replay skipped: inbound queue full", cfg_.name);
+  inbound_.pushControl(InItem(Replay{}));
+}
+
+void Endpoint::post(std::function<void()> fn) {
+  if (stopping_.load()) return;
+  inbound_.pushControl(InItem(Task{std::move(fn)}));
 }
 
 bool Endpoint::drain(std::chrono::milliseconds timeout) {
   auto end = std::chrono::steady_clock::now() + timeout;
-  bool a = inbound_.drain(timeout);
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-  bool b = outbound_.drain(std::max(left, std::chrono::milliseconds(1)));
-  return a && b;
+  if (!inbound_.drain(timeout)) return false;
+  while (true) {
+    bool empty;
+    {
+      std::lock_guard lk(publish_mu_);
+      empty = outbound_.empty() && !dispatching_ && sessions_.empty();
+    }
+    if (empty) {
+      std::lock_guard lk(inflight_mu_);
+      empty = inflight_.empty();
+    }
+    if (empty) return true;
+    if (std::chrono::steady_clock::now() >= end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 void Endpoint::stop(uint32_t timeout_ms) {
   if (!started_.load() || stopping_.exchange(true)) return;
   instance_->stop(timeout_ms);
   inbound_.close();
-  outbound_.close();
+  dispatch_cv_.notify_all();
   if (lane_.joinable()) lane_.join();
   if (dispatcher_.joinable()) dispatcher_.join();
+  // What is still queued or in flight will not be delivered by this instance any more.
+  std::deque<OutMessage> left;
+  {
+    std::lock_guard lk(publish_mu_);
+    left.swap(outbound_);
+    for (auto& [id, s] : sessions_)
+      for (auto& m : s.q) left.push_back(std::move(m));
+    sessions_.clear();
+  }
+  {
+    std::lock_guard lk(inflight_mu_);
+    for (auto& [id, m] : inflight_) left.push_back(std::move(m));
+    inflight_.clear();
+  }
+  for (auto& m : left) failed(std::move(m), "endpoint_stopped", "endpoint " + cfg_.name + " stopped before delivery");
+  while (auto item = inbound_.tryPop()) {
+    // Inbound messages not routed: their sources learn it (tracked ones as dead-lettered).
+    if (auto* env = std::get_if<Envelope>(&*item))
+      router_.deadLetter(cfg_.name, *env, "endpoint_stopped", "endpoint stopped before routing", FG_OUTCOME_DEAD_LETTERED);
+  }
   state_ = FG_STATE_STOPPED;
+  stopped_ = true;
 }
 
 void Endpoint::laneLoop() {
-  while (auto item = inbound_.pop()) {
+  t_on_lane = true;
+  while (true) {
+    auto item = inbound_.popFor(std::chrono::milliseconds(100));
+    if (!item) {
+      if (inbound_.closed()) return;
+      router_.tick(cfg_.name);
+      continue;
+    }
     if (auto* env = std::get_if<Envelope>(&*item)) {
       router_.route(cfg_.name, std::move(*env));
     } else if (auto* sc = std::get_if<SessionClosed>(&*item)) {
+      dropSession(sc->session, "session closed");
       router_.sessionClosed(cfg_.name, sc->session);
+    } else if (auto* t = std::get_if<Task>(&*item)) {
+      t->fn();
     } else {
       router_.replayRegisters(cfg_.name);
     }
@@ -109,20 +181,49 @@ void Endpoint::recordLatency(int64_t ingress_ns) {
   }
 }
 
-fg_status Endpoint::publishOnce(const OutMessage& m) {
-  std::vector<fg_header> hs;  // no allocation without headers (the common case)
-  hs.reserve(m.headers.size());
-  for (auto& [k, v] : m.headers) hs.push_back(fg_header{{k.data(), k.size()}, {v.data(), v.size()}});
-  fg_message cm{{m.topic.data(), m.topic.size()},
-                {m.payload.data(), m.payload.size()},
-                hs.empty() ? nullptr : hs.data(),
-                hs.size(),
-                m.timestamp_ms,
-                m.session};
-  fg_status st = instance_->publish(cm, next_delivery_++);
+fg_status Endpoint::publishOnce(OutMessage& m) {
+  const uint64_t id = next_delivery_.fetch_add(1, std::memory_order_relaxed);
+  const int64_t ingress = m.ingress_ns;
+  // With FG_CAP_DELIVERY the copy goes into the in-flight map first (on_delivery may come from
+  // a plugin thread before publish returns) and is published from there.
+  OutMessage* src = &m;
+  if (tracksDelivery()) {
+    std::lock_guard lk(inflight_mu_);
+    src = &inflight_.emplace(id, std::move(m)).first->second;
+  }
+  fg_header hs_small[4];
+  std::vector<fg_header> hs_big;
+  fg_header* hs = hs_small;
+  if (src->headers.size() > 4) {
+    hs_big.resize(src->headers.size());
+    hs = hs_big.data();
+  }
+  for (size_t i = 0; i < src->headers.size(); ++i)
+    hs[i] = fg_header{{src->headers[i].first.data(), src->headers[i].first.size()},
+                      {src->headers[i].second.data(), src->headers[i].second.size()}};
+  fg_message cm{{src->topic.data(), src->topic.size()},
+                {src->payload.data(), src->payload.size()},
+                src->headers.empty() ? nullptr : hs,
+                src->headers.size(),
+                src->timestamp_ms,
+                src->session};
+  fg_status st = instance_->publish(cm, tracksDelivery() ? id : 0);
+  if (tracksDelivery()) {
+    if (st != FG_OK) {  // refused: the plugin reports nothing for it; take it back
+      std::lock_guard lk(inflight_mu_);
+      auto it = inflight_.find(id);
+      if (it != inflight_.end()) {
+        m = std::move(it->second);
+        inflight_.erase(it);
+      }
+    }
+  } else if (st == FG_OK) {
+    stats_.delivered.fetch_add(1, std::memory_order_relaxed);
+    m.settle(FG_OUTCOME_DELIVERED);
+  }
   if (st == FG_OK) {
     stats_.out.fetch_add(1, std::memory_order_relaxed);
-    recordLatency(m.ingress_ns);
+    recordLatency(ingress);
   }
   return st;
 }
@@ -131,43 +232,144 @@ bool Endpoint::retryable(fg_status st) const {
   return (st == FG_RETRY || st == FG_ERR_UNAVAILABLE) && !stopping_.load();
 }
 
-void Endpoint::publishFailed(const OutMessage& m, fg_status st) {
+void Endpoint::failed(OutMessage&& m, const std::string& reason, const std::string& detail) {
   stats_.publish_errors.fetch_add(1, std::memory_order_relaxed);
-  DeadLetter d;
-  d.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                  std::chrono::system_clock::now().time_since_epoch())
-                  .count();
-  d.endpoint = cfg_.name;
-  d.topic = m.topic;
-  d.session = m.session;
-  d.reason = "publish_failed";
-  d.detail = std::string("plugin refused the publish: ") + statusName(st);
-  d.payload_bytes = m.payload.size();
-  d.payload = m.payload.substr(0, 4096);
-  router_.deadLetters().add(std::move(d));
-  spdlog::warn("endpoint {}: publish to '{}' failed: {}", cfg_.name, m.topic, statusName(st));
+  router_.deliveryFailed(cfg_.name, std::move(m), reason, detail);
 }
 
 void Endpoint::dispatchLoop() {
-  while (auto m = outbound_.pop()) {
-    std::unique_lock pl(publish_mu_);
-    uint32_t backoff_ms = 1;
-    while (true) {
-      fg_status st = publishOnce(*m);
-      if (st == FG_OK) break;
-      if (!retryable(st)) {
-        publishFailed(*m, st);
-        break;
+  std::unique_lock lk(publish_mu_);
+  uint32_t backoff_ms = 1;
+  bool retry_sessions = false;  // 1.0 plugins never say a session is writable again: poll
+  while (!stopping_.load()) {
+    if (!outbound_.empty()) {
+      OutMessage m = std::move(outbound_.front());
+      outbound_.pop_front();
+      dispatching_ = true;
+      fg_status st = publishOnce(m);
+      if (st == FG_OK) {
+        backoff_ms = 1;
+      } else if (retryable(st)) {
+        // Keep it first in line and wait a little (or until something changes).
+        outbound_.push_front(std::move(m));
+        dispatching_ = false;
+        stats_.backpressure.fetch_add(1, std::memory_order_relaxed);
+        dispatch_cv_.wait_for(lk, std::chrono::milliseconds(backoff_ms));
+        backoff_ms = std::min<uint32_t>(backoff_ms * 2, 100);
+        continue;
+      } else {
+        lk.unlock();
+        failed(std::move(m), "publish_failed", std::string("plugin refused the publish: ") + statusName(st));
+        lk.lock();
       }
-      stats_.backpressure.fetch_add(1, std::memory_order_relaxed);
-      pl.unlock();
-      std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
-      pl.lock();
-      backoff_ms = std::min<uint32_t>(backoff_ms * 2, 100);
+      dispatching_ = false;
+      continue;
     }
-    pl.unlock();
-    outbound_.done();
+    if (!sessions_.empty()) {
+      lk.unlock();
+      serviceSessions();
+      lk.lock();
+    }
+    retry_sessions = !sessions_.empty();
+    if (!sessions_writable_ && outbound_.empty())
+      dispatch_cv_.wait_for(lk, std::chrono::milliseconds(retry_sessions ? 10 : 200));
   }
+}
+
+// ---- per-session queues ------------------------------------------------------------------
+
+void Endpoint::sendSession(OutMessage&& m) {
+  std::unique_lock lk(publish_mu_);
+  auto it = sessions_.find(m.session);
+  if (it == sessions_.end()) {
+    fg_status st = publishOnce(m);
+    if (st == FG_OK) return;
+    if (st != FG_RETRY || stopping_.load()) {
+      lk.unlock();
+      failed(std::move(m), st == FG_ERR_STATE ? "session_closed" : "publish_failed",
+             std::string("session ") + std::to_string(m.session) + ": " + statusName(st));
+      return;
+    }
+    stats_.session_retries.fetch_add(1, std::memory_order_relaxed);
+    it = sessions_.emplace(m.session, SessionQueue{}).first;
+  }
+  SessionQueue& s = it->second;
+  if (s.q.size() >= opts_.limits.session_queue_messages || s.bytes + m.payload.size() > opts_.limits.session_queue_bytes) {
+    if (!s.full_since_ms) s.full_since_ms = steadyMs();
+    router_.limitHit("session_queue");
+    uint64_t session = m.session;
+    lk.unlock();
+    failed(std::move(m), "session_queue_full",
+           "session " + std::to_string(session) + " is not reading: its queue of " +
+               std::to_string(opts_.limits.session_queue_messages) + " messages / " +
+               std::to_string(opts_.limits.session_queue_bytes) + " bytes is full");
+    dispatch_cv_.notify_one();
+    return;
+  }
+  s.bytes += m.payload.size();
+  s.q.push_back(std::move(m));
+  dispatch_cv_.notify_one();
+}
+
+void Endpoint::serviceSessions() {
+  std::vector<std::pair<uint64_t, std::deque<OutMessage>>> to_close;
+  std::vector<OutMessage> refused;
+  {
+    std::unique_lock lk(publish_mu_);
+    const bool events = sessions_writable_;
+    sessions_writable_ = false;
+    const int64_t now = steadyMs();
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      SessionQueue& s = it->second;
+      // With FG_EVENT_SESSION_WRITABLE (1.1) only sessions that said so; 1.0 plugins: all.
+      bool try_now = s.writable || !events;
+      if (try_now) {
+        s.writable = false;
+        while (!s.q.empty()) {
+          OutMessage& m = s.q.front();
+          size_t n = m.payload.size();
+          fg_status st = publishOnce(m);
+          if (st == FG_RETRY) break;
+          if (st != FG_OK) refused.push_back(std::move(m));
+          s.bytes -= std::min(s.bytes, n);
+          s.q.pop_front();
+          s.full_since_ms = 0;
+        }
+      }
+      if (s.q.empty()) {
+        it = sessions_.erase(it);
+        continue;
+      }
+      bool full = s.q.size() >= opts_.limits.session_queue_messages || s.bytes >= opts_.limits.session_queue_bytes;
+      if (full && !s.full_since_ms) s.full_since_ms = now;
+      if (s.full_since_ms && now - s.full_since_ms >= static_cast<int64_t>(opts_.limits.slow_consumer_grace_ms)) {
+        to_close.emplace_back(it->first, std::move(s.q));
+        it = sessions_.erase(it);
+        continue;
+      }
+      ++it;
+    }
+  }
+  for (auto& m : refused) failed(std::move(m), "publish_failed", "the plugin refused the session's message");
+  for (auto& [session, q] : to_close) {
+    stats_.slow_consumers.fetch_add(1, std::memory_order_relaxed);
+    std::string why = "slow consumer: queue full for " + std::to_string(opts_.limits.slow_consumer_grace_ms) + " ms";
+    spdlog::warn("endpoint {}: closing session {}: {} ({} message(s) dead-lettered)", cfg_.name, session, why, q.size());
+    instance_->closeSession(session, why.c_str());
+    for (auto& m : q) failed(std::move(m), "slow_consumer", "session " + std::to_string(session) + " closed: " + why);
+  }
+}
+
+void Endpoint::dropSession(uint64_t session, const std::string& reason) {
+  std::deque<OutMessage> q;
+  {
+    std::lock_guard lk(publish_mu_);
+    auto it = sessions_.find(session);
+    if (it == sessions_.end()) return;
+    q.swap(it->second.q);
+    sessions_.erase(it);
+  }
+  for (auto& m : q) failed(std::move(m), "session_closed", "session " + std::to_string(session) + ": " + reason);
 }
 
 // ---- PluginHost ------------------------------------------------------------------------
@@ -181,11 +383,19 @@ void Endpoint::log(fg_log_level level, std::string_view msg) {
   spdlog::log(lvl, "endpoint {} ({}): {}", cfg_.name, cfg_.plugin, msg);
 }
 
-fg_status Endpoint::onMessage(uint64_t sub_id, const fg_message& msg) {
+fg_status Endpoint::onMessage(uint64_t sub_id, const fg_message& msg, uint64_t token) {
   if (stopping_.load()) return FG_ERR_STATE;
-  Envelope e = Envelope::fromC(msg, sub_id);
+  if (inbound_.full()) {
+    stats_.backpressure.fetch_add(1, std::memory_order_relaxed);
+    return FG_RETRY;
+  }
+  InItem item(Envelope::fromC(msg, sub_id));
+  Envelope& e = std::get<Envelope>(item);
   e.ingress_ns = steadyNs();
-  if (!inbound_.push(InItem(std::move(e)))) {
+  if (token && plugin_acks_) e.tracker = std::make_shared<Tracker>(shared_from_this(), token);
+  if (!inbound_.pushOrKeep(item)) {
+    // Lost the race for the last slot: the plugin keeps the message, so its token is not ours.
+    if (auto& t = std::get<Envelope>(item).tracker) t->disarm();
     stats_.backpressure.fetch_add(1, std::memory_order_relaxed);
     return FG_RETRY;
   }
@@ -193,21 +403,62 @@ fg_status Endpoint::onMessage(uint64_t sub_id, const fg_message& msg) {
   return FG_OK;
 }
 
-void Endpoint::onDelivery(uint64_t, fg_delivery status) {
-  if (status == FG_DELIVERY_OK) stats_.delivered.fetch_add(1, std::memory_order_relaxed);
-  else stats_.delivery_failed.fetch_add(1, std::memory_order_relaxed);
+void Endpoint::outcome(uint64_t token, fg_outcome o) {
+  if (o >= 0 && o < 4) stats_.outcomes[static_cast<size_t>(o)].fetch_add(1, std::memory_order_relaxed);
+  if (!stopped_.load()) instance_->ack(token, o);
+}
+
+void Endpoint::onDelivery(uint64_t delivery_id, fg_delivery status) {
+  OutMessage m;
+  {
+    std::lock_guard lk(inflight_mu_);
+    auto it = inflight_.find(delivery_id);
+    if (it == inflight_.end()) return;  // unknown or already reported
+    m = std::move(it->second);
+    inflight_.erase(it);
+  }
+  if (status == FG_DELIVERY_OK) {
+    stats_.delivered.fetch_add(1, std::memory_order_relaxed);
+    m.settle(FG_OUTCOME_DELIVERED);
+    return;
+  }
+  if (status == FG_DELIVERY_NO_RECEIVER) {
+    stats_.no_receiver.fetch_add(1, std::memory_order_relaxed);
+    failed(std::move(m), "no_receiver", "no subscriber or session of endpoint " + cfg_.name + " took it");
+    return;
+  }
+  stats_.delivery_failed.fetch_add(1, std::memory_order_relaxed);
+  failed(std::move(m), "delivery_failed", "endpoint " + cfg_.name + " reported the delivery failed");
+}
+
+void Endpoint::onEvent(const fg_event& ev) {
+  switch (ev.kind) {
+    case FG_EVENT_SUBSCRIPTION:
+      router_.subscriptionSettled(cfg_.name, ev.sub_id, ev.status, ev.detail ? ev.detail : "");
+      break;
+    case FG_EVENT_CONNECTION:
+      conn_facts_ = true;
+      no_local_ = (caps_ & FG_CAP_NO_LOCAL) || (ev.flags & FG_CONN_NO_LOCAL);
+      break;
+    case FG_EVENT_SESSION_WRITABLE: {
+      std::lock_guard lk(publish_mu_);
+      auto it = sessions_.find(ev.session);
+      if (it == sessions_.end()) break;
+      it->second.writable = true;
+      sessions_writable_ = true;
+      dispatch_cv_.notify_one();
+      break;
+    }
+    default: break;
+  }
 }
 
 void Endpoint::onState(fg_state state, std::string_view detail) {
-  if (state == FG_STATE_SUBSCRIBED) {
+  if (state == FG_STATE_SUBSCRIBED) {  // ABI 1.0: a confirmation, the id as decimal text
     uint64_t id = 0;
     for (char c : detail)
       if (c >= '0' && c <= '9') id = id * 10 + static_cast<uint64_t>(c - '0');
-    {
-      std::lock_guard lk(confirm_mu_);
-      confirmed_.insert(id);
-    }
-    confirm_cv_.notify_all();
+    router_.subscriptionSettled(cfg_.name, id, FG_OK, "");
     return;
   }
   fg_state prev = state_.exchange(state);
@@ -215,10 +466,9 @@ void Endpoint::onState(fg_state state, std::string_view detail) {
     std::lock_guard lk(detail_mu_);
     detail_ = std::string(detail);
   }
-  if (state == FG_STATE_UP || state == FG_STATE_RECONNECTED) {
-    // Transports whose no-local depends on the connection say so in the detail text.
-    if (!(instance_->library().capabilities() & FG_CAP_NO_LOCAL))
-      rep_->no_local = detail.find("no-local") != std::string_view::npos;
+  if ((state == FG_STATE_UP || state == FG_STATE_RECONNECTED) && !conn_facts_.load() && !(caps_ & FG_CAP_NO_LOCAL)) {
+    // ABI 1.0 transports whose no-local depends on the connection said so in the text.
+    no_local_ = detail.find("no-local") != std::string_view::npos;
   }
   if (state == FG_STATE_RECONNECTED) stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
   // SOARCA forgets every fin when it restarts: whenever its side (re)connects, tell it again.
@@ -237,8 +487,8 @@ void Endpoint::onSession(uint64_t session, fg_session_event event) {
   }
   stats_.sessions_closed.fetch_add(1, std::memory_order_relaxed);
   // Through the lane, so it takes effect after everything the session sent before closing.
-  while (!inbound_.push(InItem(SessionClosed{session}), std::chrono::milliseconds(100)))
-    if (stopping_.load()) return;
+  // A control item: never refused for room, so the plugin thread never waits here.
+  if (!stopping_.load()) inbound_.pushControl(InItem(SessionClosed{session}));
 }
 
 fg_status Endpoint::authorizeSubscribe(uint64_t session, std::string_view filter, std::string& reason) {
@@ -247,56 +497,45 @@ fg_status Endpoint::authorizeSubscribe(uint64_t session, std::string_view filter
 
 // ---- RouterOutput ----------------------------------------------------------------------
 
-bool Endpoint::send(OutMessage&& m) {
-  if (stopping_.load()) return false;
-  // A full queue first holds the router lane back (bounded by send_wait_ms): back-pressure
-  // towards the source. If it is still full, this endpoint is overflowing: until it has
-  // drained to half, further messages for it are refused at once (dead-lettered and counted
-  // by the router) so that one stuck endpoint cannot stall the lane for every other target.
-  if (overflow_.load(std::memory_order_relaxed)) {
-    if (outbound_.size() > outbound_.capacity() / 2) return false;
-    overflow_ = false;
-    spdlog::info("endpoint {}: outbound queue drained, accepting again", cfg_.name);
+void Endpoint::send(OutMessage&& m) {
+  if (stopping_.load()) {
+    failed(std::move(m), "endpoint_stopped", "endpoint " + cfg_.name + " is stopping");
+    return;
   }
-  // Nothing queued for this endpoint and its dispatcher idle: hand the message to the plugin
-  // here, on the router lane (plugin publish never blocks), and save two thread hand-offs.
-  // Per-source order holds: a lane publishes directly only when everything it queued before
-  // has been published. FG_RETRY goes the queued way; a refusal is dead-lettered here, as
-  // the dispatcher would.
-  if (!overflow_.load(std::memory_order_relaxed)) {
-    std::unique_lock pl(publish_mu_, std::try_to_lock);
-    if (pl.owns_lock() && outbound_.idle()) {
-      fg_status st = publishOnce(m);
-      if (st == FG_OK) return true;
-      if (!retryable(st)) {
-        publishFailed(m, st);
-        return true;  // handled: counted and dead-lettered by this endpoint
-      }
+  if (m.session != 0 && (caps_ & FG_CAP_SESSIONS)) {
+    sendSession(std::move(m));
+    return;
+  }
+  std::unique_lock lk(publish_mu_);
+  // Nothing queued and the dispatcher idle: hand it to the plugin here (plugin publish never
+  // blocks) and save two thread hand-offs. Order holds: a lane publishes directly only when
+  // everything queued before has been published. Only lanes do this; plugin threads queue.
+  if (t_on_lane && outbound_.empty() && !dispatching_) {
+    fg_status st = publishOnce(m);
+    if (st == FG_OK) return;
+    if (!retryable(st)) {
+      lk.unlock();
+      failed(std::move(m), "publish_failed", std::string("plugin refused the publish: ") + statusName(st));
+      return;
     }
   }
-  if (outbound_.push(std::move(m), std::chrono::milliseconds(opts_.send_wait_ms))) return true;
-  if (!overflow_.exchange(true))
-    spdlog::warn("endpoint {}: outbound queue full for {} ms; dead-lettering its messages until it drains",
-                 cfg_.name, opts_.send_wait_ms);
-  return false;
+  if (outbound_.size() >= opts_.queue_capacity) {
+    lk.unlock();
+    router_.limitHit("outbound_queue");
+    failed(std::move(m), "queue_full",
+           "outbound queue of endpoint " + cfg_.name + " is full (" + std::to_string(opts_.queue_capacity) + ")");
+    return;
+  }
+  outbound_.push_back(std::move(m));
+  lk.unlock();
+  dispatch_cv_.notify_one();
 }
 
-bool Endpoint::subscribe(const std::string& filter, uint64_t sub_id) {
-  fg_status st;
-  {
-    std::lock_guard lk(sub_mu_);
-    st = instance_->subscribe(filter, sub_id);
-  }
-  if (st != FG_OK) {
-    spdlog::warn("endpoint {}: subscribe '{}' failed: {}", cfg_.name, filter, statusName(st));
-    return false;
-  }
-  if (!(instance_->library().capabilities() & FG_CAP_SUBSCRIBE_ACK)) return true;
-  std::unique_lock lk(confirm_mu_);
-  bool ok = confirm_cv_.wait_for(lk, std::chrono::milliseconds(opts_.subscribe_timeout_ms),
-                                 [&] { return confirmed_.count(sub_id) != 0 || stopping_.load(); });
-  confirmed_.erase(sub_id);
-  return ok && !stopping_.load();
+fg_status Endpoint::subscribe(const std::string& filter, uint64_t sub_id) {
+  std::lock_guard lk(sub_mu_);
+  fg_status st = instance_->subscribe(filter, sub_id);
+  if (st != FG_OK) spdlog::warn("endpoint {}: subscribe '{}' failed: {}", cfg_.name, filter, statusName(st));
+  return st;
 }
 
 void Endpoint::unsubscribe(uint64_t sub_id) {

@@ -1,6 +1,17 @@
 // One configured endpoint at run time: a plugin instance, its inbound lane (plugin threads
-// -> bounded queue -> router, in order) and its outbound dispatcher (router -> bounded queue
-// -> plugin.publish, retried on FG_RETRY).
+// -> bounded queue -> router, in order) and its outbound side:
+//  - messages for the whole endpoint (session 0: broker transports, broadcasts) go to the
+//    plugin at once when nothing waits, else into one bounded FIFO that a dispatcher thread
+//    retries on FG_RETRY / FG_ERR_UNAVAILABLE;
+//  - messages for one client session (session transports) that the plugin cannot take now
+//    (FG_RETRY for that session) wait in that session's own bounded queue, resumed on
+//    FG_EVENT_SESSION_WRITABLE; a session whose queue stays full past the grace period is
+//    closed as a slow consumer and what it held is dead-lettered (commands nacked).
+// Nothing here waits for room: a full queue is a dead letter (and a nack for a command),
+// counted by reason; only the inbound side answers FG_RETRY (back-pressure to the source).
+//
+// Outcomes (ABI 1.1): every copy handed to this endpoint settles exactly once: delivered
+// (on_delivery OK, or publish OK on plugins without FG_CAP_DELIVERY), or dead-lettered.
 #pragma once
 
 #include <fingate/config.hpp>
@@ -10,12 +21,14 @@
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <variant>
 
 #include "bounded_queue.hpp"
@@ -24,8 +37,7 @@ namespace fingate {
 
 struct EndpointOptions {
   size_t queue_capacity = 65536;
-  uint32_t subscribe_timeout_ms = 5000;
-  uint32_t send_wait_ms = 1000;  // how long the router waits for room in the outbound queue
+  Limits limits;
 };
 
 // Latency buckets (seconds) for fingate_route_latency_seconds.
@@ -33,14 +45,20 @@ inline constexpr std::array<double, 12> kLatencyBuckets{0.0001, 0.00025, 0.0005,
                                                         0.01,   0.025,   0.05,   0.1,   0.25,   1.0};
 
 struct EndpointStats {
-  std::atomic<uint64_t> in{0}, out{0}, publish_errors{0}, delivered{0}, delivery_failed{0};
+  std::atomic<uint64_t> in{0}, out{0}, publish_errors{0}, delivered{0}, delivery_failed{0}, no_receiver{0};
   std::atomic<uint64_t> backpressure{0}, reconnects{0}, sessions_opened{0}, sessions_closed{0};
+  std::atomic<uint64_t> slow_consumers{0}, session_retries{0};
+  // Outcomes of tracked inbound messages, by fg_outcome (0..3).
+  std::array<std::atomic<uint64_t>, 4> outcomes{};
   std::array<std::atomic<uint64_t>, kLatencyBuckets.size() + 1> latency{};
   std::atomic<uint64_t> latency_count{0};
   std::atomic<double> latency_sum{0};
 };
 
-class Endpoint final : public PluginHost, public RouterOutput {
+class Endpoint final : public PluginHost,
+                       public RouterOutput,
+                       public OutcomeSink,
+                       public std::enable_shared_from_this<Endpoint> {
  public:
   Endpoint(const EndpointConfig& cfg, std::shared_ptr<PluginLibrary> lib, Router& router,
            const EndpointOptions& opts);
@@ -48,74 +66,113 @@ class Endpoint final : public PluginHost, public RouterOutput {
 
   const std::string& name() const { return cfg_.name; }
   const EndpointConfig& config() const { return cfg_; }
-  std::shared_ptr<RouterEndpoint> routerEndpoint() const { return rep_; }
+  // The router's view. It owns this endpoint (RouterEndpoint::owner): whoever can still reach
+  // it through a router snapshot keeps it alive (reload safety).
+  std::shared_ptr<RouterEndpoint> routerEndpoint();
   const PluginLibrary& library() const { return instance_->library(); }
 
   void start();  // throws PluginError when the plugin refuses
+  // Lanes hand messages to plugins directly when nothing is queued; other threads always queue.
+  static void markCurrentThreadAsLane();
   // Orchestrator endpoints: re-send the stored registers (through the lane, in order).
   void requestReplay();
-  // Waits (bounded) until both queues are empty.
+  // Waits (bounded) until the inbound lane and every outbound queue are empty.
   bool drain(std::chrono::milliseconds timeout);
   void stop(uint32_t timeout_ms);
 
   fg_state state() const { return state_.load(); }
   std::string stateDetail() const;
-  bool up() const { auto s = state_.load(); return s == FG_STATE_UP || s == FG_STATE_RECONNECTED; }
+  bool up() const {
+    auto s = state_.load();
+    return s == FG_STATE_UP || s == FG_STATE_RECONNECTED;
+  }
   size_t inboundDepth() const { return inbound_.size(); }
-  size_t outboundDepth() const { return outbound_.size(); }
+  size_t outboundDepth() const;
+  size_t sessionQueues() const;
   const EndpointStats& stats() const { return stats_; }
 
   // PluginHost
   void log(fg_log_level level, std::string_view msg) override;
-  fg_status onMessage(uint64_t sub_id, const fg_message& msg) override;
+  fg_status onMessage(uint64_t sub_id, const fg_message& msg, uint64_t token) override;
   void onDelivery(uint64_t delivery_id, fg_delivery status) override;
   void onState(fg_state state, std::string_view detail) override;
   void onSession(uint64_t session, fg_session_event event) override;
+  void onEvent(const fg_event& ev) override;
   fg_status authorizeSubscribe(uint64_t session, std::string_view filter, std::string& reason) override;
 
   // RouterOutput
-  bool send(OutMessage&& m) override;
-  bool subscribe(const std::string& filter, uint64_t sub_id) override;
+  void send(OutMessage&& m) override;
+  fg_status subscribe(const std::string& filter, uint64_t sub_id) override;
   void unsubscribe(uint64_t sub_id) override;
+  void post(std::function<void()> fn) override;
+  bool noLocal() const override { return no_local_.load(std::memory_order_relaxed); }
+
+  // OutcomeSink: the final outcome of a message this endpoint's plugin handed in.
+  void outcome(uint64_t token, fg_outcome outcome) override;
 
  private:
   struct SessionClosed {
     uint64_t session;
   };
   struct Replay {};
-  using InItem = std::variant<Envelope, SessionClosed, Replay>;
+  struct Task {
+    std::function<void()> fn;
+  };
+  using InItem = std::variant<Envelope, SessionClosed, Replay, Task>;
+  struct SessionQueue {
+    std::deque<OutMessage> q;
+    size_t bytes = 0;
+    int64_t full_since_ms = 0;  // steady ms when it first hit its limit; 0 = not full
+    bool writable = false;      // the plugin said it can take more
+  };
   void laneLoop();
   void dispatchLoop();
-  // Hands one message to the plugin (caller holds publish_mu_); counts it when taken.
-  fg_status publishOnce(const OutMessage& m);
-  // Worth offering again later (full, or not connected yet) rather than dead-lettering.
+  // Hands one message to the plugin (caller holds publish_mu_). On FG_OK the message has moved
+  // into the in-flight map (FG_CAP_DELIVERY) or settled as delivered; otherwise m is untouched.
+  fg_status publishOnce(OutMessage& m);
   bool retryable(fg_status st) const;
-  // The plugin refused m for good: counted, dead-lettered, logged.
-  void publishFailed(const OutMessage& m, fg_status st);
+  // m will not be delivered: counted, dead-lettered (whole), nacked when it is a command.
+  void failed(OutMessage&& m, const std::string& reason, const std::string& detail);
+  void sendSession(OutMessage&& m);
+  // Drains the sessions the plugin said are writable (and, for 1.0 plugins, retries all) and
+  // closes sessions that stayed full past the grace period. Dispatcher thread.
+  void serviceSessions();
+  void dropSession(uint64_t session, const std::string& reason);
   void recordLatency(int64_t ingress_ns);
+  bool tracksDelivery() const { return (caps_ & FG_CAP_DELIVERY) != 0; }
 
   EndpointConfig cfg_;
   Router& router_;
   EndpointOptions opts_;
+  uint32_t caps_ = 0;
   std::shared_ptr<RouterEndpoint> rep_;
   std::unique_ptr<PluginInstance> instance_;
+  bool plugin_acks_ = false;  // the plugin implements ack (ABI 1.1)
   BoundedQueue<InItem> inbound_;
-  BoundedQueue<OutMessage> outbound_;
   std::thread lane_, dispatcher_;
   std::atomic<bool> stopping_{false};
-  std::atomic<bool> overflow_{false};  // outbound queue stayed full; refusing until half drained
   std::atomic<bool> started_{false};
+  std::atomic<bool> stopped_{false};
   std::atomic<fg_state> state_{FG_STATE_STOPPED};
+  std::atomic<bool> no_local_{false};    // never hands back our own publishes: no echo window
+  std::atomic<bool> conn_facts_{false};  // the plugin reports FG_EVENT_CONNECTION (ABI 1.1)
   mutable std::mutex detail_mu_;
   std::string detail_;
   std::mutex sub_mu_;  // plugin subscribe/unsubscribe are never called concurrently
-  std::mutex confirm_mu_;
-  std::condition_variable confirm_cv_;
-  std::set<uint64_t> confirmed_;
+
+  // Outbound. publish_mu_ serialises every hand-over to the plugin and guards the queues.
+  mutable std::mutex publish_mu_;
+  std::condition_variable dispatch_cv_;
+  std::deque<OutMessage> outbound_;  // session 0 (and 1.0-style) messages waiting for the plugin
+  bool dispatching_ = false;         // the dispatcher holds a popped message
+  std::unordered_map<uint64_t, SessionQueue> sessions_;
+  bool sessions_writable_ = false;  // some session became writable since the last service
+
+  // Copies handed to the plugin and not yet reported by on_delivery (FG_CAP_DELIVERY).
+  std::mutex inflight_mu_;
+  std::unordered_map<uint64_t, OutMessage> inflight_;
   std::atomic<uint64_t> next_delivery_{1};
-  // Held while a message is handed to the plugin's publish: by the dispatcher, or by a router
-  // lane that publishes directly because nothing is queued (see send()).
-  std::mutex publish_mu_;
+
   EndpointStats stats_;
 };
 

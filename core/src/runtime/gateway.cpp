@@ -13,6 +13,7 @@
 
 #include "admin.hpp"
 #include "endpoint.hpp"
+#include "redact.hpp"
 
 namespace fingate {
 
@@ -31,7 +32,7 @@ std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
 class NullHost : public PluginHost {
  public:
   void log(fg_log_level, std::string_view) override {}
-  fg_status onMessage(uint64_t, const fg_message&) override { return FG_ERR_STATE; }
+  fg_status onMessage(uint64_t, const fg_message&, uint64_t) override { return FG_ERR_STATE; }
 };
 
 using LibCache = std::map<std::string, std::shared_ptr<PluginLibrary>>;
@@ -154,6 +155,7 @@ std::string resolvePluginsDir(const Config& cfg) {
 }
 
 void validateConfig(const Config& cfg) {
+  checkConfigForRun(cfg);  // listeners, TLS files, state_dir, credentials in URLs (binds nothing)
   std::string dir = resolvePluginsDir(cfg);
   LibCache libs;
   NullHost host;
@@ -199,13 +201,18 @@ std::vector<PluginInfo> listPlugins(const std::string& dir) {
 // ---- Gateway ---------------------------------------------------------------------------
 
 Gateway::Gateway(Config cfg) : cfg_(std::move(cfg)) {
-  router_ = std::make_unique<Router>(registry_, cfg_.dead_letter_capacity);
+  router_ = std::make_unique<Router>(registry_, cfg_.dead_letter_capacity, cfg_.limits);
+  router_->setSubscribeTimeout(cfg_.subscribe_timeout_ms);
   if (!cfg_.state_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(cfg_.state_dir, ec);
     if (ec) throw ConfigError(cfg_.file, {}, "state_dir: cannot create " + cfg_.state_dir + ": " + ec.message());
-    registry_.setStateFile(cfg_.state_dir + "/bindings.json");
-    registry_.load();
+    registry_.setStateFile(cfg_.state_dir + "/bindings.json", cfg_.limits.state_write_delay_ms);
+    registry_.load([this](const std::string& name) {
+      for (auto& e : cfg_.endpoints)
+        if (e.name == name) return e.role == Role::Fins;
+      return false;
+    });
     if (registry_.size()) spdlog::info("restored {} fin binding(s) from {}", registry_.size(), registry_.stateFile());
   }
   endpoints_ = buildEndpoints(cfg_, {});
@@ -226,7 +233,7 @@ std::vector<std::shared_ptr<Endpoint>> Gateway::buildEndpoints(const Config& cfg
   LibCache libs;
   EndpointOptions opts;
   opts.queue_capacity = cfg.queue_capacity;
-  opts.subscribe_timeout_ms = cfg.subscribe_timeout_ms;
+  opts.limits = cfg.limits;
   std::vector<std::shared_ptr<Endpoint>> out;
   for (auto& e : cfg.endpoints) {
     if (!only.empty() && std::find(only.begin(), only.end(), e.name) == only.end()) continue;
@@ -248,14 +255,26 @@ void Gateway::publishEndpoints() {
 }
 
 void Gateway::start() {
-  std::lock_guard lk(mu_);
+  std::unique_lock lk(mu_);
   if (started_) return;
-  for (auto& e : endpoints_) e->start();
-  router_->subscribeBase();
-  if (!cfg_.admin.listen.empty()) {
-    admin_ = std::make_unique<AdminServer>(*this, cfg_.admin.listen);
+  // The admin listener first: /healthz and /readyz answer while endpoints wait for a broker,
+  // and a taken admin port fails the start before any endpoint opens.
+  if (!cfg_.admin.listen.empty() && !admin_) {
+    admin_ = std::make_unique<AdminServer>(*this, cfg_.admin);
     admin_->start();
   }
+  lk.unlock();  // the admin views take mu_; endpoints_ only changes on this thread
+  try {
+    for (auto& e : endpoints_) e->start();
+    router_->subscribeBase();
+  } catch (...) {
+    lk.lock();
+    auto admin = std::move(admin_);
+    lk.unlock();
+    if (admin) admin->stop();
+    throw;
+  }
+  lk.lock();
   started_ = true;
   replay_stop_ = false;
   replay_thread_ = std::thread([this] { replayLoop(); });
@@ -270,8 +289,13 @@ void Gateway::stop() {
   }
   replay_cv_.notify_all();
   if (replay_thread_.joinable()) replay_thread_.join();
+  // Stopped (and joined) after mu_ is released: a request in progress may be waiting for mu_.
+  std::unique_ptr<AdminServer> admin;
   std::lock_guard lk(mu_);
+  admin = std::move(admin_);
+  if (admin) admin->shutdown();
   if (!started_) {
+    router_->setEndpoints({});
     endpoints_.clear();
     return;
   }
@@ -284,9 +308,11 @@ void Gateway::stop() {
   }
   if (!drained) spdlog::warn("stop: in-flight messages not drained within {} ms", cfg_.drain_timeout_ms);
   for (auto& e : endpoints_) e->stop(1000);
-  if (admin_) admin_->stop();
-  admin_.reset();
+  for (auto& e : graveyard_) e->stop(1000);
+  // Nothing can reach the endpoints any more: free them here, on this thread.
+  router_->setEndpoints({});
   endpoints_.clear();
+  graveyard_.clear();
   spdlog::info("fingate stopped");
 }
 
@@ -317,7 +343,12 @@ bool Gateway::reload(const Config& next, std::string& error) {
     error = e.what();
     return false;
   }
-  std::lock_guard lk(mu_);
+  // The new admin address is bound before anything changes (a clash refuses the reload and the
+  // old listener stays); the listener no longer used stops after mu_ is released.
+  AdminReload admin_change(*this, admin_.get(), next.admin);
+  if (started_ && !admin_change.prepare(error)) return false;
+  // One reload at a time; mu_ is held only for the swaps, so the admin API answers meanwhile.
+  std::lock_guard rl(reload_mu_);
   auto same = [](const EndpointConfig& a, const EndpointConfig& b) {
     if (a.plugin != b.plugin || a.role != b.role || a.required != b.required || a.compat != b.compat ||
         a.options.size() != b.options.size())
@@ -326,11 +357,29 @@ bool Gateway::reload(const Config& next, std::string& error) {
       if (a.options[i].key != b.options[i].key || a.options[i].value != b.options[i].value) return false;
     return true;
   };
+  std::vector<std::shared_ptr<Endpoint>> current;
+  {
+    std::lock_guard lk(mu_);
+    current = endpoints_;
+  }
   std::vector<std::string> keep, add;
+  std::vector<std::shared_ptr<Endpoint>> kept, gone;
+  // Changed endpoints of the same plugin and role keep their bindings (a restarted session
+  // transport loses its sessions, and with them their bindings; restored ones stay).
+  std::vector<std::string> rebind;
   for (auto& ne : next.endpoints) {
-    auto it = std::find_if(endpoints_.begin(), endpoints_.end(), [&](auto& e) { return e->name() == ne.name; });
-    if (it != endpoints_.end() && same((*it)->config(), ne)) keep.push_back(ne.name);
-    else add.push_back(ne.name);
+    auto it = std::find_if(current.begin(), current.end(), [&](auto& e) { return e->name() == ne.name; });
+    if (it != current.end() && same((*it)->config(), ne)) {
+      keep.push_back(ne.name);
+    } else {
+      add.push_back(ne.name);
+      if (it != current.end() && (*it)->config().plugin == ne.plugin && (*it)->config().role == ne.role)
+        rebind.push_back(ne.name);
+    }
+  }
+  for (auto& e : current) {
+    if (std::find(keep.begin(), keep.end(), e->name()) != keep.end()) kept.push_back(e);
+    else gone.push_back(e);
   }
   std::vector<std::shared_ptr<Endpoint>> fresh;
   try {
@@ -339,22 +388,32 @@ bool Gateway::reload(const Config& next, std::string& error) {
     error = e.what();
     return false;
   }
-  // Stop what goes, start what comes.
-  std::vector<std::shared_ptr<Endpoint>> kept;
-  for (auto& e : endpoints_) {
-    if (std::find(keep.begin(), keep.end(), e->name()) != keep.end()) {
-      kept.push_back(e);
-    } else {
-      e->drain(std::chrono::milliseconds(cfg_.drain_timeout_ms));
-      e->stop(1000);
-      router_->endpointRemoved(e->name());
-      spdlog::info("reload: endpoint {} stopped", e->name());
-    }
+  // 1. The router takes the new table first: no lane routes to a removed endpoint after this,
+  //    and those still routing hold it alive through their snapshot (RouterEndpoint::owner).
+  std::vector<std::shared_ptr<Endpoint>> next_eps = kept;
+  for (auto& e : fresh) next_eps.push_back(e);
+  {
+    std::lock_guard lk(mu_);
+    endpoints_ = next_eps;
+    publishEndpoints();
   }
-  endpoints_ = kept;
-  for (auto& e : fresh) endpoints_.push_back(e);
-  publishEndpoints();
   router_->setRoutes(routesOf(next));
+  router_->setLimits(next.limits);
+  router_->setSubscribeTimeout(next.subscribe_timeout_ms);
+  // 2. Then what goes drains and stops. Freed later, on this thread, once nothing else holds it.
+  for (auto& e : gone) {
+    e->drain(std::chrono::milliseconds(std::min<uint32_t>(cfg_.drain_timeout_ms, 2000)));
+    e->stop(1000);
+    if (std::find(rebind.begin(), rebind.end(), e->name()) != rebind.end()) {
+      // Same plugin and role: bindings stay; live sessions of the old instance are gone.
+      router_->endpointRemoved(e->name(), /*keep_bindings=*/true);
+    } else {
+      router_->endpointRemoved(e->name());
+    }
+    spdlog::info("reload: endpoint {} stopped", e->name());
+    graveyard_.push_back(e);
+  }
+  gone.clear();
   for (auto& e : fresh) {
     try {
       e->start();
@@ -364,22 +423,20 @@ bool Gateway::reload(const Config& next, std::string& error) {
     }
   }
   router_->subscribeBase();
-  std::string old_admin = cfg_.admin.listen;
-  cfg_ = next;
-  if (started_ && old_admin != next.admin.listen) {
-    if (admin_) admin_->stop();
-    admin_.reset();
-    if (!next.admin.listen.empty()) {
-      admin_ = std::make_unique<AdminServer>(*this, next.admin.listen);
-      try {
-        admin_->start();
-      } catch (const std::exception& ex) {
-        spdlog::error("reload: {}", ex.what());
-      }
-    }
+  {
+    std::lock_guard lk(mu_);
+    cfg_ = next;
   }
+  admin_change.commit(admin_);
+  collectGraveyard();
   spdlog::info("reload: applied {} ({} endpoint(s) kept, {} started)", next.file, keep.size(), fresh.size());
   return true;
+}
+
+void Gateway::collectGraveyard() {
+  // An endpoint is destroyed here, on the main thread, once the graveyard holds its last
+  // reference (never on a lane or a plugin thread that happened to drop it).
+  std::erase_if(graveyard_, [](const std::shared_ptr<Endpoint>& e) { return e.use_count() == 1; });
 }
 
 int Gateway::adminPort() const {
@@ -389,16 +446,16 @@ int Gateway::adminPort() const {
 
 bool Gateway::ready(std::string& why) const {
   std::lock_guard lk(mu_);
-  if (!started_) {
-    why = "not started";
-    return false;
-  }
   std::vector<std::string> down;
   for (auto& e : endpoints_)
     if (e->config().required && !e->up()) {
-      std::string d = e->stateDetail();
+      std::string d = redactText(e->stateDetail());  // a plugin's detail may hold a URL with credentials
       down.push_back(e->name() + (d.empty() ? "" : " (" + d + ")"));
     }
+  if (!started_) {  // the admin listener answers while the endpoints start
+    why = endpoints_.empty() ? "not started" : down.empty() ? "starting" : "starting: endpoint(s) not up: " + join(down);
+    return false;
+  }
   if (down.empty()) return true;
   why = "endpoint(s) not up: " + join(down);
   return false;
@@ -426,7 +483,21 @@ std::string Gateway::metricsText() const {
       << '\n';
     o << "fingate_deliveries_total{endpoint=\"" << label(e->name()) << "\",status=\"failed\"} "
       << e->stats().delivery_failed << '\n';
+    o << "fingate_deliveries_total{endpoint=\"" << label(e->name()) << "\",status=\"no_receiver\"} "
+      << e->stats().no_receiver << '\n';
   }
+  head("fingate_outcomes_total", "counter",
+       "Final outcomes of messages whose source asked for them (ABI 1.1 tokens), by source endpoint.");
+  for (auto& e : endpoints_) {
+    static const char* names[] = {"delivered", "dead_lettered", "refused", "filtered"};
+    for (size_t i = 0; i < 4; ++i)
+      o << "fingate_outcomes_total{endpoint=\"" << label(e->name()) << "\",outcome=\"" << names[i] << "\"} "
+        << e->stats().outcomes[i].load() << '\n';
+  }
+  perEp("fingate_slow_consumers_total", "counter", "Sessions closed because their queue stayed full.",
+        [](const Endpoint& e) { return e.stats().slow_consumers.load(); });
+  perEp("fingate_session_queues", "gauge", "Sessions with messages waiting in their own queue.",
+        [](const Endpoint& e) { return e.sessionQueues(); });
   perEp("fingate_backpressure_total", "counter", "Times a queue was full and the source was held back.",
         [](const Endpoint& e) { return e.stats().backpressure.load(); });
   perEp("fingate_reconnects_total", "counter", "Reconnections of the endpoint's transport.",
@@ -480,6 +551,26 @@ std::string Gateway::metricsText() const {
   o << "fingate_registers_replayed_total " << c.registers_replayed.load() << '\n';
   head("fingate_replay_replies_swallowed_total", "counter", "Orchestrator answers to replayed registers not forwarded.");
   o << "fingate_replay_replies_swallowed_total " << c.replay_replies_swallowed.load() << '\n';
+  head("fingate_limit_hits_total", "counter", "Times a configured limit refused something, by limit.");
+  for (auto& [limit, n] : router_->limitHits()) o << "fingate_limit_hits_total{limit=\"" << label(limit) << "\"} " << n << '\n';
+  head("fingate_dead_letter_bytes", "gauge", "Payload bytes kept in the dead-letter store.");
+  o << "fingate_dead_letter_bytes " << router_->deadLetters().bytes() << '\n';
+  head("fingate_dead_letters_evicted_total", "counter", "Dead letters dropped from the store to keep it within its budget.");
+  o << "fingate_dead_letters_evicted_total " << router_->deadLetters().evicted() << '\n';
+  head("fingate_dead_letter_retries_total", "counter", "Dead letters re-published through the admin API.");
+  o << "fingate_dead_letter_retries_total " << c.dead_letter_retries.load() << '\n';
+  head("fingate_pending_registers", "gauge", "Registers waiting for their subscriptions to be confirmed.");
+  o << "fingate_pending_registers " << router_->pendingRegisters() << '\n';
+  head("fingate_subscribe_refused_total", "counter", "Subscriptions a transport refused.");
+  o << "fingate_subscribe_refused_total " << c.subscribe_refused.load() << '\n';
+  head("fingate_echo_window_entries", "gauge", "Own publishes remembered for echo suppression.");
+  o << "fingate_echo_window_entries " << router_->echoWindowSize() << '\n';
+  head("fingate_echo_window_overflow_total", "counter", "Echo records dropped because the window was full.");
+  o << "fingate_echo_window_overflow_total " << router_->echoWindowOverflow() << '\n';
+  head("fingate_restored_claimed_total", "counter", "Restored bindings claimed by a register from a live session.");
+  o << "fingate_restored_claimed_total " << c.restored_claimed.load() << '\n';
+  head("fingate_state_writes_total", "counter", "Writes of the state file (changes are coalesced).");
+  o << "fingate_state_writes_total " << registry_.writes() << '\n';
   head("fingate_bindings", "gauge", "Fins currently bound.");
   o << "fingate_bindings " << registry_.size() << '\n';
   head("fingate_subscriptions", "gauge", "Transport subscriptions the router holds.");
@@ -536,14 +627,18 @@ std::string Gateway::deadLettersJson() const {
     j += ",\"session\":" + std::to_string(d.session) + ",\"reason\":";
     jstr(j, d.reason);
     j += ",\"detail\":";
-    jstr(j, validUtf8(d.detail) ? d.detail : base64(d.detail));
+    std::string detail = redactText(d.detail);
+    jstr(j, validUtf8(detail) ? detail : base64(detail));
     j += ",\"payload_bytes\":" + std::to_string(d.payload_bytes);
-    if (validUtf8(d.payload)) {
+    // Shown redacted (credentials of commands, secret-named keys, URL user-info); the stored
+    // message stays whole.
+    std::string payload = redactText(redactJsonSecrets(d.payload));
+    if (validUtf8(payload)) {
       j += ",\"payload\":";
-      jstr(j, d.payload);
+      jstr(j, payload);
     } else {
       j += ",\"payload_base64\":";
-      jstr(j, base64(d.payload));
+      jstr(j, base64(payload));
     }
     j += '}';
   }
@@ -569,7 +664,7 @@ std::string Gateway::endpointsJson() const {
     j += ",\"state\":";
     jstr(j, s >= 0 && s <= 6 ? states[s] : "unknown");
     j += ",\"detail\":";
-    jstr(j, e->stateDetail());
+    jstr(j, redactText(e->stateDetail()));
     j += '}';
   }
   j += "]}\n";

@@ -8,7 +8,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -111,9 +116,12 @@ TEST(TcpListen, DescriptorDeclaresKeysAndCapabilities) {
   auto lib = tcpLib();
   EXPECT_EQ(lib->name(), "tcp");
   EXPECT_EQ(lib->capabilities() & (FG_CAP_SESSIONS | FG_CAP_DELIVERY), FG_CAP_SESSIONS | FG_CAP_DELIVERY);
-  for (const char* k : {"listen", "connect", "max_frame_bytes", "max_outbound_bytes", "reconnect_max_ms",
-                        "frame_timeout_ms", "tls.enabled", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.verify"})
+  for (const char* k : {"listen", "connect", "max_frame_bytes", "session_buffer_bytes", "max_outbound_bytes",
+                        "max_connections", "max_connections_per_ip", "max_pending_bytes", "max_subscriptions",
+                        "reconnect_max_ms", "frame_timeout_ms", "keepalive_ms", "tls.enabled", "tls.cert_file",
+                        "tls.key_file", "tls.ca_file", "tls.verify"})
     EXPECT_TRUE(lib->acceptsKey(k)) << k;
+  EXPECT_NE(lib->descriptor().close_session, nullptr);
   EXPECT_FALSE(lib->acceptsKey("tls.bogus"));
   EXPECT_FALSE(lib->acceptsKey("url"));
 }
@@ -261,18 +269,38 @@ TEST(TcpListen, SessionTargetedPublishReachesOnlyThatSession) {
   EXPECT_TRUE(waitFor([&] { return n->delivery(201) == FG_DELIVERY_OK; }));
 }
 
-TEST(TcpListen, UnknownSessionReportsDeliveryFailed) {
+// ABI 1.1: a publish to a session that is not there (never was, or closed) is refused at once
+// with FG_ERR_STATE; nothing is reported later.
+TEST(TcpListen, UnknownSessionIsRefusedWithErrState) {
   auto n = startListener();
-  EXPECT_EQ(n->publish("fin-7", "nobody", 987654, 301), FG_OK);
-  EXPECT_TRUE(waitFor([&] { return n->delivery(301) == FG_DELIVERY_FAILED; }));
-  EXPECT_TRUE(waitFor([&] { return n->hasLog("no such session"); }));
-  // A session that closed is gone too.
+  EXPECT_EQ(n->publish("fin-7", "nobody", 987654, 301), FG_ERR_STATE);
   auto c = std::make_unique<FrameClient>(n->port);
   const uint64_t id = sessionOf(*c, *n, "x");
   c.reset();
   ASSERT_TRUE(waitFor([&] { return n->hasSession(id, FG_SESSION_CLOSED); }));
-  EXPECT_EQ(n->publish("fin-7", "late", id, 302), FG_OK);
-  EXPECT_TRUE(waitFor([&] { return n->delivery(302) == FG_DELIVERY_FAILED; }));
+  EXPECT_EQ(n->publish("fin-7", "late", id, 302), FG_ERR_STATE);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_FALSE(n->delivery(301).has_value());
+  EXPECT_FALSE(n->delivery(302).has_value());
+}
+
+// ABI 1.1: a broadcast that no connection is subscribed to is accepted and reported
+// FG_DELIVERY_NO_RECEIVER (the host dead-letters it); with a subscriber it is OK.
+TEST(TcpListen, BroadcastWithoutSubscriberIsNoReceiver) {
+  auto n = startListener();
+  FrameClient c(n->port);
+  ASSERT_TRUE(c.barrier());
+  EXPECT_EQ(n->publish("nobody/listens", "x", 0, 77), FG_OK);
+  EXPECT_TRUE(waitFor([&] { return n->delivery(77).has_value(); }));
+  EXPECT_EQ(n->delivery(77), FG_DELIVERY_NO_RECEIVER);
+  EXPECT_EQ(n->publish("nobody/listens", "no id wanted"), FG_OK);
+  ASSERT_TRUE(c.subscribe("nobody/#"));
+  ASSERT_TRUE(c.barrier());
+  EXPECT_EQ(n->publish("nobody/listens", "y", 0, 78), FG_OK);
+  auto f = c.recv();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, "y");
+  EXPECT_TRUE(waitFor([&] { return n->delivery(78) == FG_DELIVERY_OK; }));
 }
 
 TEST(TcpListen, RefusedSubscribeSendsErrorAndKeepsConnection) {
@@ -427,7 +455,9 @@ TEST(TcpListen, LargeFramesCrossManyReads) {
   EXPECT_EQ(n->publish("big", std::string(2 * 1024 * 1024, 'x'), m->session), FG_ERR_INVALID_ARG);
 }
 
-TEST(TcpListen, SlowConsumerIsClosedWithErrorFrame) {
+// Broadcasts cannot be retried per session: a subscriber whose buffer would pass
+// max_outbound_bytes with them is closed by the plugin as a slow consumer.
+TEST(TcpListen, SlowBroadcastSubscriberIsClosedWithErrorFrame) {
   auto n = startListener({{"max_outbound_bytes", "65536"}});
   FrameClient slow(n->port), other(n->port);
   ASSERT_TRUE(slow.subscribe("flood"));
@@ -460,6 +490,406 @@ TEST(TcpListen, SlowConsumerIsClosedWithErrorFrame) {
   for (auto& [id, st] : n->host.deliveries()) failed += st == FG_DELIVERY_FAILED;
   EXPECT_GE(failed, 1u);
   EXPECT_TRUE(other.barrier());  // another client is unaffected
+}
+
+// ---- per-session back-pressure, close_session, limits (ABI 1.1, hardening) -----------------
+
+// A raw client socket: optionally bound to a local address (another client IP on 127/8) and
+// with a small receive buffer (so that a client that does not read fills up quickly).
+class RawClient {
+ public:
+  explicit RawClient(int port, const char* local_ip = nullptr, int rcvbuf = 0) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd_ < 0) return;
+    if (rcvbuf > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    if (local_ip) {
+      sockaddr_in l{};
+      l.sin_family = AF_INET;
+      ::inet_pton(AF_INET, local_ip, &l.sin_addr);
+      if (::bind(fd_, reinterpret_cast<sockaddr*>(&l), sizeof l) != 0) {
+        close();
+        return;
+      }
+    }
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) close();
+  }
+  ~RawClient() { close(); }
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+  bool ok() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  bool sendAll(const std::string& bytes) {
+    size_t off = 0;
+    while (off < bytes.size()) {
+      const ssize_t n = ::send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      off += size_t(n);
+    }
+    return true;
+  }
+  // Reads what arrives within timeout; false when nothing came (or EOF).
+  bool pump(std::chrono::milliseconds timeout) {
+    if (fd_ < 0 || eof_) return false;
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, int(timeout.count())) <= 0) return false;
+    char tmp[65536];
+    const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+    if (n <= 0) {
+      eof_ = true;
+      return false;
+    }
+    buf_.append(tmp, size_t(n));
+    return true;
+  }
+  std::optional<FrameClient::Frame> pop() {
+    if (buf_.size() < 7) return std::nullopt;
+    auto u = [&](size_t i) { return uint32_t(static_cast<unsigned char>(buf_[i])); };
+    const uint32_t rest = u(0) << 24 | u(1) << 16 | u(2) << 8 | u(3);
+    if (buf_.size() < 4 + size_t(rest)) return std::nullopt;
+    FrameClient::Frame f;
+    f.kind = uint8_t(buf_[4]);
+    const size_t tl = u(5) << 8 | u(6);
+    f.topic = buf_.substr(7, tl);
+    f.payload = buf_.substr(7 + tl, rest - 3 - tl);
+    buf_.erase(0, 4 + size_t(rest));
+    return f;
+  }
+  std::optional<FrameClient::Frame> recv(std::chrono::milliseconds timeout = 5s) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      if (auto f = pop()) return f;
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      if (left.count() <= 0 || (!pump(left) && eof_)) return pop();
+    }
+  }
+  bool waitEof(std::chrono::milliseconds timeout = 5s) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (!eof_ && std::chrono::steady_clock::now() < end) pump(10ms);
+    return eof_;
+  }
+  bool eof() const { return eof_; }
+  bool ping(const std::string& token) {
+    if (!sendAll(FrameClient::encode(FrameClient::Ping, "", token))) return false;
+    for (auto f = recv(); f; f = recv())
+      if (f->kind == FrameClient::Pong && f->payload == token) return true;
+    return false;
+  }
+
+ private:
+  int fd_ = -1;
+  std::string buf_;
+  bool eof_ = false;
+};
+
+uint64_t rawSessionOf(RawClient& c, Node& n, const std::string& tag) {
+  EXPECT_TRUE(c.sendAll(FrameClient::encode(FrameClient::Publish, "whoami", tag)));
+  auto m = n.host.next();
+  EXPECT_TRUE(m.has_value());
+  if (!m) return 0;
+  EXPECT_EQ(m->payload, tag);
+  return m->session;
+}
+
+size_t writableEvents(Node& n, uint64_t session) {
+  size_t k = 0;
+  for (auto& e : n.host.events()) k += e.kind == FG_EVENT_SESSION_WRITABLE && e.session == session;
+  return k;
+}
+
+// Publishes 16 KiB frames to a session that does not read until the plugin answers FG_RETRY
+// twice in a row, a second apart, with no wake-up in between (the kernel buffers and the
+// session's buffer are full). Returns the delivery ids it accepted.
+std::vector<uint64_t> fillSession(Node& n, uint64_t session, uint64_t first_id) {
+  std::vector<uint64_t> ids;
+  const std::string chunk(16 * 1024, 's');
+  uint64_t id = first_id;
+  bool retried = false;
+  for (int i = 0; i < 8192; ++i) {  // at most 128 MiB
+    const size_t wakeups = writableEvents(n, session);
+    const fg_status st = n.publish("fin-slow", chunk, session, id);
+    if (st == FG_OK) {
+      ids.push_back(id++);
+      retried = false;
+      continue;
+    }
+    EXPECT_EQ(st, FG_RETRY);
+    if (st != FG_RETRY) break;
+    if (retried) return ids;
+    // A transient RETRY (the I/O thread had not caught up) is followed by a wake-up; without
+    // one the buffer may still have drained a little (below the limit, not below half).
+    retried = !waitFor([&] { return writableEvents(n, session) > wakeups; }, 1000ms);
+  }
+  ADD_FAILURE() << "the session never filled up";
+  return ids;
+}
+
+TEST(TcpListen, PerSessionRetryAndWritableWakeup) {
+  auto n = startListener({{"session_buffer_bytes", "65536"}});
+  RawClient slow(n->port, nullptr, 4096);
+  ASSERT_TRUE(slow.ok());
+  FrameClient fast(n->port);
+  const uint64_t slow_id = rawSessionOf(slow, *n, "slow");
+  const uint64_t fast_id = sessionOf(fast, *n, "fast");
+  ASSERT_NE(slow_id, 0u);
+  // The slow client stops reading: its publishes end in FG_RETRY.
+  const auto ids = fillSession(*n, slow_id, 1000);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(n->publish("fin-slow", "still full", slow_id, 1), FG_RETRY);
+  const size_t wakeups = writableEvents(*n, slow_id);
+  // Another session is not held up.
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(n->publish("fin-fast", "f" + std::to_string(i), fast_id, 5000 + i), FG_OK);
+  for (int i = 0; i < 20; ++i) {
+    auto f = fast.recv();
+    ASSERT_TRUE(f) << i;
+    EXPECT_EQ(f->payload, "f" + std::to_string(i));
+  }
+  EXPECT_TRUE(waitFor([&] { return n->delivery(5019) == FG_DELIVERY_OK; }));
+  // The slow client reads again: every accepted frame arrives in order, and the plugin says
+  // the session can take more.
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto f = slow.recv();
+    ASSERT_TRUE(f) << "frame " << i << " of " << ids.size();
+    ASSERT_EQ(f->payload.size(), 16u * 1024u);
+  }
+  EXPECT_TRUE(waitFor([&] { return writableEvents(*n, slow_id) > wakeups; }));
+  EXPECT_TRUE(waitFor([&] { return n->delivery(ids.back()) == FG_DELIVERY_OK; }));
+  for (uint64_t id : ids) EXPECT_EQ(n->delivery(id), FG_DELIVERY_OK) << id;
+  ASSERT_EQ(n->publish("fin-slow", "after", slow_id, 2), FG_OK);
+  auto f = slow.recv();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, "after");
+  EXPECT_FALSE(n->hasSession(slow_id, FG_SESSION_CLOSED));
+}
+
+TEST(TcpListen, CloseSessionSendsErrorFrameAndFailsWhatItHeld) {
+  // A buffer of several write batches (256 KiB each), so that frames wait behind the write
+  // in progress: those are the ones the close fails.
+  auto n = startListener({{"session_buffer_bytes", "1048576"}});
+  ASSERT_TRUE(n->inst->canCloseSession());
+  RawClient slow(n->port, nullptr, 4096);
+  FrameClient other(n->port);
+  const uint64_t slow_id = rawSessionOf(slow, *n, "slow");
+  const uint64_t other_id = sessionOf(other, *n, "other");
+  const auto ids = fillSession(*n, slow_id, 1000);
+  ASSERT_FALSE(ids.empty());
+  ASSERT_EQ(n->inst->closeSession(slow_id, "slow consumer: 12 messages waited for 30000 ms"), FG_OK);
+  EXPECT_EQ(n->publish("fin-slow", "late", slow_id, 3), FG_ERR_STATE);  // gone for publishes at once
+  EXPECT_EQ(n->inst->closeSession(slow_id, "again"), FG_ERR_STATE);
+  EXPECT_EQ(n->inst->closeSession(987654, "nobody"), FG_ERR_STATE);
+  // The client reads now: what the sockets held, then the error frame, then EOF.
+  size_t published = 0;
+  std::optional<FrameClient::Frame> err;
+  while (auto f = slow.recv()) {
+    if (f->kind == FrameClient::Error) {
+      err = f;
+      break;
+    }
+    ASSERT_EQ(f->kind, FrameClient::Publish);
+    ++published;
+  }
+  ASSERT_TRUE(err) << "no error frame after " << published << " frames";
+  EXPECT_EQ(err->topic, "");
+  EXPECT_EQ(err->payload, R"({"error":"slow consumer","detail":"12 messages waited for 30000 ms"})");
+  EXPECT_TRUE(slow.waitEof());
+  EXPECT_TRUE(waitFor([&] { return n->hasSession(slow_id, FG_SESSION_CLOSED); }));
+  // Every accepted publish is settled: OK exactly for those that reached the socket.
+  EXPECT_TRUE(waitFor([&] {
+    auto d = n->host.deliveries();
+    return std::all_of(ids.begin(), ids.end(), [&](uint64_t id) { return d.count(id) == 1; });
+  }));
+  size_t ok = 0, failed = 0;
+  for (uint64_t id : ids) {
+    ok += n->delivery(id) == FG_DELIVERY_OK;
+    failed += n->delivery(id) == FG_DELIVERY_FAILED;
+  }
+  EXPECT_EQ(ok, published);
+  EXPECT_EQ(ok + failed, ids.size());
+  EXPECT_GE(failed, 1u);
+  EXPECT_TRUE(n->hasLog("closed by the gateway"));
+  // Another session is unaffected; a reason without a code becomes "closed by the gateway".
+  EXPECT_TRUE(other.barrier());
+  ASSERT_EQ(n->inst->closeSession(other_id, "Admin request #7"), FG_OK);
+  auto e = other.recv();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind, FrameClient::Error);
+  EXPECT_EQ(e->payload, R"({"error":"closed by the gateway","detail":"Admin request #7"})");
+  EXPECT_TRUE(other.waitClosed());
+}
+
+TEST(TcpLimits, MaxConnections) {
+  auto n = startListener({{"max_connections", "2"}});
+  auto c1 = std::make_unique<FrameClient>(n->port);
+  FrameClient c2(n->port);
+  const uint64_t id1 = sessionOf(*c1, *n, "one");
+  ASSERT_TRUE(c2.barrier());
+  FrameClient c3(n->port);
+  auto e = c3.recv();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind, FrameClient::Error);
+  EXPECT_EQ(e->payload,
+            R"({"error":"too many connections","detail":"max_connections (2) reached on this endpoint"})");
+  EXPECT_TRUE(c3.waitClosed());
+  EXPECT_TRUE(n->hasLog("too many connections"));
+  EXPECT_EQ(n->host.sessions().size(), 2u);  // the refused one never was a session
+  // Room again once one closes.
+  c1.reset();
+  ASSERT_TRUE(waitFor([&] { return n->hasSession(id1, FG_SESSION_CLOSED); }));
+  FrameClient c4(n->port);
+  EXPECT_TRUE(c4.barrier());
+  EXPECT_TRUE(c2.barrier());
+}
+
+TEST(TcpLimits, MaxConnectionsPerIp) {
+  auto n = startListener({{"max_connections_per_ip", "1"}});
+  FrameClient c1(n->port);
+  ASSERT_TRUE(c1.barrier());
+  FrameClient c2(n->port);
+  auto e = c2.recv();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind, FrameClient::Error);
+  EXPECT_EQ(e->payload,
+            R"({"error":"too many connections","detail":"max_connections_per_ip (1) reached for 127.0.0.1"})");
+  EXPECT_TRUE(c2.waitClosed());
+  // Another address is counted apart.
+  RawClient c3(n->port, "127.0.0.2");
+  ASSERT_TRUE(c3.ok());
+  EXPECT_TRUE(c3.ping("from-127.0.0.2"));
+  EXPECT_TRUE(c1.barrier());
+}
+
+TEST(TcpLimits, MaxSubscriptionsRefusesTheOneOverWithoutClosing) {
+  auto n = startListener({{"max_subscriptions", "2"}});
+  FrameClient c(n->port);
+  ASSERT_TRUE(c.subscribe("a"));
+  ASSERT_TRUE(c.subscribe("b"));
+  ASSERT_TRUE(c.subscribe("a"));  // again: not a new subscription
+  ASSERT_TRUE(c.barrier());
+  EXPECT_FALSE(c.recv(50ms).has_value());
+  ASSERT_TRUE(c.subscribe("c"));
+  auto e = c.recv();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind, FrameClient::Error);
+  EXPECT_EQ(e->payload,
+            R"({"error":"too many subscriptions","detail":"max_subscriptions (2) reached; 'c' was not subscribed"})");
+  EXPECT_TRUE(c.barrier());  // still open
+  EXPECT_TRUE(n->hasLog("too many subscriptions"));
+  ASSERT_EQ(n->publish("c", "not subscribed", 0, 1), FG_OK);
+  EXPECT_TRUE(waitFor([&] { return n->delivery(1) == FG_DELIVERY_NO_RECEIVER; }));
+  ASSERT_TRUE(c.send(FrameClient::Unsubscribe, "a"));
+  ASSERT_TRUE(c.subscribe("c"));
+  ASSERT_TRUE(c.barrier());
+  ASSERT_EQ(n->publish("c", "now"), FG_OK);
+  auto f = c.recv();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, "now");
+}
+
+// Two connections each send most of a 60000-byte frame; together they would hold more than
+// max_pending_bytes: whichever the gateway reads second gets the error frame and is closed,
+// the other one's frame completes normally.
+TEST(TcpLimits, MaxPendingBytesClosesTheConnectionThatWouldExceedIt) {
+  auto n = startListener({{"max_frame_bytes", "65536"}, {"max_pending_bytes", "100000"}});
+  RawClient a(n->port), b(n->port);
+  const uint64_t ida = rawSessionOf(a, *n, "a"), idb = rawSessionOf(b, *n, "b");
+  const std::string payload(60000 - 3 - 1, 'p');
+  const std::string frame = FrameClient::encode(FrameClient::Publish, "t", payload);
+  ASSERT_TRUE(a.sendAll(frame.substr(0, 50007)));
+  ASSERT_TRUE(b.sendAll(frame.substr(0, 50007)));
+  RawClient* closed = nullptr;
+  RawClient* kept = nullptr;
+  for (int i = 0; i < 500 && !closed; ++i) {
+    for (RawClient* c : {&a, &b}) {
+      auto f = c->recv(10ms);
+      if (!f) continue;
+      EXPECT_EQ(f->kind, FrameClient::Error);
+      EXPECT_EQ(f->payload,
+                R"({"error":"pending bytes limit","detail":"unfinished frames of all connections would hold more than max_pending_bytes (100000) bytes"})");
+      closed = c;
+      kept = c == &a ? &b : &a;
+    }
+  }
+  ASSERT_TRUE(closed) << "no connection was refused";
+  EXPECT_TRUE(closed->waitEof());
+  const uint64_t closed_id = closed == &a ? ida : idb;
+  EXPECT_TRUE(waitFor([&] { return n->hasSession(closed_id, FG_SESSION_CLOSED); }));
+  EXPECT_TRUE(n->hasLog("pending bytes limit"));
+  ASSERT_TRUE(kept->sendAll(frame.substr(50007)));
+  auto m = n->host.next();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->payload, payload);
+  EXPECT_EQ(m->session, closed == &a ? idb : ida);
+  EXPECT_TRUE(kept->ping("kept"));
+}
+
+long vmRssKiB() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+  return -1;
+}
+
+// The memory bound of issue 8 item 6: 300 connections each send the first half of a 1 MiB
+// frame. With the default max_pending_bytes (64 MiB) at most 128 of them can hold their half;
+// every other one gets the error frame and is closed. (VmRSS is printed, not asserted.)
+TEST(TcpLimits, PendingBudgetBoundsHalfSentFramesOf300Connections) {
+  auto n = startListener({{"max_connections_per_ip", "1000"}});
+  const long rss_before = vmRssKiB();
+  const size_t kConns = 300, kHalf = 512 * 1024;
+  const std::string half = rawHeader(1048576, 1, 1) + "t" + std::string(kHalf - 8, 'h');
+  std::vector<std::unique_ptr<RawClient>> clients;
+  for (size_t i = 0; i < kConns; ++i) {
+    clients.push_back(std::make_unique<RawClient>(n->port));
+    ASSERT_TRUE(clients.back()->ok()) << i;
+  }
+  for (auto& c : clients) c->sendAll(half);  // a refused one may be reset midway: fine
+  // Collect error frames until nothing changes for 2 s (bounded).
+  std::vector<int> state(kConns, 0);  // 0 open, 1 got the error frame
+  size_t refused = 0;
+  auto last_change = std::chrono::steady_clock::now();
+  const auto give_up = last_change + 60s;
+  while (std::chrono::steady_clock::now() < give_up &&
+         std::chrono::steady_clock::now() - last_change < 2s) {
+    for (size_t i = 0; i < kConns; ++i) {
+      if (state[i]) continue;
+      clients[i]->pump(0ms);
+      if (auto f = clients[i]->pop()) {
+        EXPECT_EQ(f->kind, FrameClient::Error);
+        EXPECT_NE(f->payload.find(R"("error":"pending bytes limit")"), std::string::npos) << f->payload;
+        state[i] = 1;
+        ++refused;
+        last_change = std::chrono::steady_clock::now();
+      }
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  const long rss_after = vmRssKiB();
+  const size_t kept = kConns - refused;
+  std::cout << "[ info     ] 300 connections x 512 KiB of a 1 MiB frame: " << refused << " refused, " << kept
+            << " holding their half; VmRSS before " << rss_before << " KiB, after " << rss_after << " KiB\n";
+  RecordProperty("vmrss_before_kib", std::to_string(rss_before));
+  RecordProperty("vmrss_after_kib", std::to_string(rss_after));
+  const size_t max_kept = (64u * 1024 * 1024) / kHalf;  // 128
+  EXPECT_GE(refused, kConns - max_kept);
+  EXPECT_LE(kept, max_kept);
+  EXPECT_GE(kept, 1u);
+  // The kept ones are still open (no EOF), the refused ones are closed.
+  for (size_t i = 0; i < kConns; ++i) {
+    if (state[i]) {
+      EXPECT_TRUE(clients[i]->waitEof()) << i;
+    } else {
+      EXPECT_FALSE(clients[i]->eof()) << i;
+    }
+  }
+  clients.clear();
+  EXPECT_TRUE(n->hasLog("pending bytes limit"));
 }
 
 TEST(TcpListen, BindFailureIsReturnedAndLogged) {
@@ -742,6 +1172,12 @@ TEST(TcpConfig, RejectsBadConfiguration) {
   expectError({{"listen", "127.0.0.1:0"}, {"tls.enabled", "true"}}, "tls.cert_file: ");
   expectError({{"listen", "127.0.0.1:0"}, {"tls.enabled", "maybe"}}, "tls.enabled: ");
   expectError({{"listen", "127.0.0.1:0"}, {"bogus", "1"}}, "bogus: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"session_buffer_bytes", "10"}}, "session_buffer_bytes: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"max_connections", "0"}}, "max_connections: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"max_connections_per_ip", "x"}}, "max_connections_per_ip: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"max_subscriptions", "-1"}}, "max_subscriptions: ");
+  expectError({{"listen", "127.0.0.1:0"}, {"max_frame_bytes", "2000000"}, {"max_pending_bytes", "1048576"}},
+              "max_pending_bytes: ");
   // create() opens nothing: a valid config on a busy port only fails at start().
   PluginInstance ok(tcpLib(), host, {{"listen", "[::1]:0"}});
 }

@@ -193,7 +193,7 @@ TEST(ConfigTest, ErrorWithoutLineOmitsPosition) {
 
 TEST(ConfigTest, UnknownKeysAreErrorsAtEveryLevel) {
   EXPECT_EQ(where(errorOf("log_level: info\nlogging: debug\n")).substr(0, 31), "2:1: unknown key 'logging' (exp");
-  EXPECT_EQ(where(errorOf("admin:\n  listen: 127.0.0.1:1\n  port: 3\n")), "3:3: admin.port: unknown key (expected listen)");
+  EXPECT_EQ(where(errorOf("admin:\n  listen: 127.0.0.1:1\n  port: 3\n")), "3:3: admin.port: unknown key (expected listen, token, allowed_hosts)");
   EXPECT_EQ(where(errorOf(std::string(kMinimal) + "routes:\n  - from: { endpoint: a, topic: x }\n    to: { endpoint: a }\n    via: a\n")),
             "6:5: routes[0].via: unknown key (expected from, to)");
   EXPECT_EQ(where(errorOf(std::string(kMinimal) + "routes:\n  - from: { endpoint: a, topic: x, qos: 1 }\n    to: { endpoint: a }\n")),
@@ -251,7 +251,7 @@ TEST(ConfigTest, ScalarTypeAndRangeErrors) {
             "1:12: log_level: expected one of trace, debug, info, warn, error, got 'verbose'");
   EXPECT_EQ(where(errorOf(with("state_dir: [a]"))), "1:12: state_dir: expected a string, got a list");
   EXPECT_EQ(where(errorOf(with("admin: 127.0.0.1:9400"))),
-            "1:8: admin: expected a map (e.g. { listen: 127.0.0.1:9400 }), got '127.0.0.1:9400'");
+            "1:8: admin: expected a map (e.g. { listen: 127.0.0.1:9400, token: ${FINGATE_ADMIN_TOKEN} }), got '127.0.0.1:9400'");
   EXPECT_EQ(where(errorOf(with("admin: { listen: localhost }"))),
             "1:18: admin.listen: expected host:port (e.g. 127.0.0.1:9400) or \"\" for no admin listener, got 'localhost'");
   EXPECT_EQ(where(errorOf(with("admin: { listen: \"127.0.0.1:70000\" }"))).substr(0, 19), "1:18: admin.listen:");

@@ -908,3 +908,13 @@ TEST(FinCodecWriter, AckNackRoundTripThroughParse) {
     EXPECT_EQ(ack.find('<'), std::string::npos);
   }
 }
+
+// Issue 8.9: ids starting with '$' are MQTT system topics ($SYS/...): refused like the other
+// reserved forms, while a '$' elsewhere in an id stays allowed.
+TEST(FinCodecIds, DollarPrefixIsReserved) {
+  for (const std::string& bad : {std::string("$SYS/broker/uptime"), std::string("$"), std::string("$share/g/x"),
+                                 std::string("$fin--1")})
+    EXPECT_NE(fin::validateId(bad).find("'$'"), std::string::npos) << bad;
+  EXPECT_EQ(fin::validateId("fin$1"), "");
+  EXPECT_EQ(fin::validateId("a/$SYS"), "");
+}

@@ -4,6 +4,7 @@
 #include <fingate/router.hpp>
 #include <gtest/gtest.h>
 
+#include "recording_output.hpp"
 #include "test_support.hpp"
 
 using namespace fingate;
@@ -77,21 +78,7 @@ TEST(PythonFinRepair, OnlyCommandsAreTouched) {
 
 // ---- router-level: per endpoint compat, nack -> ack, replay ----------------------------
 
-class Collect : public RouterOutput {
- public:
-  bool send(OutMessage&& m) override {
-    sent.push_back(std::move(m));
-    return true;
-  }
-  bool subscribe(const std::string&, uint64_t) override { return true; }
-  void unsubscribe(uint64_t) override {}
-  std::vector<OutMessage> take() {
-    auto v = std::move(sent);
-    sent.clear();
-    return v;
-  }
-  std::vector<OutMessage> sent;
-};
+using Collect = fingate::test::RecordingOutput;
 
 Envelope env(const std::string& topic, const std::string& payload) {
   Envelope e;
@@ -112,18 +99,18 @@ class CompatRouter : public ::testing::Test {
     o->name = "soarca";
     o->role = Role::Orchestrator;
     o->out = &orch;
-    o->no_local = true;
+    orch.no_local = true;
     auto p = std::make_shared<RouterEndpoint>();
     p->name = "py";
     p->role = Role::Fins;
     p->out = &py;
-    p->no_local = true;
+    py.no_local = true;
     p->compat_python_fin = true;
     auto g = std::make_shared<RouterEndpoint>();
     g->name = "plain";
     g->role = Role::Fins;
     g->out = &plain;
-    g->no_local = true;
+    plain.no_local = true;
     router.setEndpoints({o, p, g});
     router.subscribeBase();
   }

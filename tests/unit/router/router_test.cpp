@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <mutex>
 
+#include "recording_output.hpp"
 #include "test_support.hpp"
 
 using namespace fingate;
@@ -32,41 +33,10 @@ struct EventLog {
   }
 };
 
-class TestOutput : public RouterOutput {
+class TestOutput : public fingate::test::RecordingOutput {
  public:
-  TestOutput(std::string name, EventLog& log) : name_(std::move(name)), log_(log) {}
-  bool send(OutMessage&& m) override {
-    log_.add(name_ + " send " + m.topic);
-    if (full) return false;
-    sent.push_back(std::move(m));
-    return true;
-  }
-  bool subscribe(const std::string& filter, uint64_t sub_id) override {
-    log_.add(name_ + " sub " + filter);
-    subs[sub_id] = filter;
-    return true;
-  }
-  void unsubscribe(uint64_t sub_id) override {
-    log_.add(name_ + " unsub " + subs[sub_id]);
-    subs.erase(sub_id);
-  }
-  bool subscribed(const std::string& f) const {
-    for (auto& [id, s] : subs)
-      if (s == f) return true;
-    return false;
-  }
-  std::vector<OutMessage> take() {
-    auto v = std::move(sent);
-    sent.clear();
-    return v;
-  }
-  std::vector<OutMessage> sent;
-  std::map<uint64_t, std::string> subs;
-  bool full = false;
-
- private:
-  std::string name_;
-  EventLog& log_;
+  TestOutput(std::string name, EventLog& log)
+      : RecordingOutput(name, [&log](std::string e) { log.add(std::move(e)); }) {}
 };
 
 Envelope env(const std::string& topic, const std::string& payload, uint64_t session = 0) {
@@ -90,7 +60,8 @@ class RouterTest : public ::testing::Test {
       e->role = r;
       e->out = &out;
       e->sessions = sessions;
-      e->no_local = no_local;
+      out.no_local = no_local;
+      out.router = router.get();
       return e;
     };
     router->setEndpoints({mk("orch", Role::Orchestrator, orch, false, orch_no_local),
@@ -362,6 +333,14 @@ TEST(RegistryState, BindingsSurviveARestart) {
     b.register_payload = kRegister;
     r.bind(b);
     r.commit(b.fin_id, "m-1");
+    FinBinding a;  // the vectors' fin, claimed again below
+    a.fin_id = kFin;
+    a.endpoint = "fins";
+    a.session = 5;
+    a.capabilities = {kCap};
+    a.register_message_id = kRegisterId;
+    a.register_payload = kRegister;
+    r.bind(a);
   }
   EXPECT_FALSE(std::filesystem::exists(file + ".tmp"));
   Registry r2;
@@ -391,17 +370,93 @@ TEST(RegistryState, BindingsSurviveARestart) {
   router.setEndpoints({o, f});
   router.subscribeBase();
   EXPECT_TRUE(orch.subscribed("cap-1"));
-  router.route("orch", env("cap-1", kCommand));
-  ASSERT_EQ(fins.sent.size(), 1u);
-  EXPECT_EQ(fins.sent[0].session, 0u);
+  // A session transport: nothing goes to "whichever connection subscribes" — the command waits
+  // until a session claims the binding with a register of the same fin.
+  router.route("orch", env(kCap, kCommand));
+  EXPECT_EQ(fins.sent.size(), 0u);
+  std::string reason;
+  EXPECT_EQ(router.authorizeSubscribe("fins", 9, kCap, reason), FG_ERR_STATE) << "a never-registered client";
+  router.route("fins", env(kCap, kResult, 9));  // forged result from a never-registered session
+  EXPECT_EQ(router.deadLetters().countsByReason()["foreign_topic"], 1u);
+  EXPECT_EQ(orch.take().size(), 0u);
+  auto nack = fins.take();  // the forger hears a nack
+  ASSERT_EQ(nack.size(), 1u);
+  EXPECT_NE(nack[0].payload.find("\"nack\""), std::string::npos);
+  router.route("fins", env("soarca", kRegister, 9));  // the fin registers again: it claims its binding
+  auto b2 = r2.lookup(kCap);
+  ASSERT_TRUE(b2);
+  EXPECT_FALSE(b2->restored);
+  EXPECT_EQ(b2->session, 9u);
+  auto got = fins.take();
+  ASSERT_EQ(got.size(), 1u) << "the waiting command goes to the session that claimed the binding";
+  EXPECT_EQ(got[0].session, 9u);
+  EXPECT_EQ(got[0].payload, kCommand);
+  EXPECT_EQ(router.counters().restored_claimed.load(), 1u);
 }
 
-TEST(RegistryState, CorruptStateFileIsAClearError) {
-  std::string dir = fingate::test::tempDir("registry-corrupt");
-  fingate::test::writeFile(dir + "/bindings.json", "{\"fins\": [ {\"fin_id\": ");
+// A truncated or garbage state file never stops the gateway: it is moved aside (kept for a
+// person to look at) and the registry starts empty.
+TEST(RegistryState, CorruptStateFileIsMovedAsideAndTheGatewayStartsEmpty) {
+  for (std::string bad : {std::string("{\"fins\": [ {\"fin_id\": "), std::string("garbage \x01\x02"),
+                          std::string("{\"fins\": 7}"), std::string("[1,2,3]")}) {
+    std::string dir = fingate::test::tempDir("registry-corrupt");
+    fingate::test::writeFile(dir + "/bindings.json", bad);
+    Registry r;
+    r.setStateFile(dir + "/bindings.json");
+    EXPECT_NO_THROW(r.load());
+    EXPECT_EQ(r.size(), 0u);
+    EXPECT_FALSE(std::filesystem::exists(dir + "/bindings.json")) << bad;
+    bool aside = false;
+    for (auto& f : std::filesystem::directory_iterator(dir))
+      if (f.path().filename().string().rfind("bindings.json.corrupt-", 0) == 0) aside = true;
+    EXPECT_TRUE(aside) << bad;
+  }
+}
+
+// Restored state is validated like a live register: hostile ids and unknown endpoints are
+// dropped (a state file must never make the gateway subscribe to `#` or `$SYS/...`).
+TEST(RegistryState, RestoredBindingsAreValidatedLikeLiveRegisters) {
+  std::string dir = fingate::test::tempDir("registry-hostile");
+  auto fin = [](const std::string& id, const std::string& ep, const std::string& cap) {
+    return "{\"fin_id\":\"" + id + "\",\"endpoint\":\"" + ep + "\",\"capabilities\":[\"" + cap + "\"]}";
+  };
+  fingate::test::writeFile(dir + "/bindings.json",
+                           "{\"version\":1,\"fins\":[" + fin("#", "fins", "c1") + "," + fin("f2", "nope", "c2") + "," +
+                               fin("f3", "fins", "+") + "," + fin("f4", "fins", "$SYS/x") + "," +
+                               fin("soarca", "fins", "c5") + "," + fin("good", "fins", "c6") + "]}");
   Registry r;
   r.setStateFile(dir + "/bindings.json");
-  EXPECT_THROW(r.load(), std::runtime_error);
+  r.load([](const std::string& ep) { return ep == "fins"; });
+  EXPECT_EQ(r.size(), 1u);
+  EXPECT_TRUE(r.lookup("c6"));
+  EXPECT_FALSE(r.lookup("#"));
+  EXPECT_FALSE(r.lookup("c2"));
+  EXPECT_FALSE(r.lookup("+"));
+  EXPECT_FALSE(r.lookup("$SYS/x"));
+}
+
+// Registering many fins with a state file does not rewrite the file per register: writes
+// are coalesced off the caller's thread.
+TEST(RegistryState, WritesAreCoalesced) {
+  std::string dir = fingate::test::tempDir("registry-coalesce");
+  Registry r;
+  r.setStateFile(dir + "/bindings.json", 50);
+  RegistryLimits lim;
+  lim.fins_per_endpoint = 100000;
+  r.setLimits(lim);
+  for (int i = 0; i < 2000; ++i) {
+    FinBinding b;
+    b.fin_id = "fin-" + std::to_string(i);
+    b.endpoint = "fins";
+    b.capabilities = {"cap-" + std::to_string(i)};
+    ASSERT_TRUE(r.bind(b).error.empty());
+  }
+  r.flush();
+  EXPECT_LT(r.writes(), 2000u / 10);  // far fewer writes than changes
+  Registry r2;
+  r2.setStateFile(dir + "/bindings.json");
+  r2.load();
+  EXPECT_EQ(r2.size(), 2000u);
 }
 
 TEST(EchoWindowTest, EachPublishAbsorbsOneEcho) {

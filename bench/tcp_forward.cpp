@@ -1,0 +1,758 @@
+// tcp_forward: TCP -> TCP end-to-end benchmark of fingate's data path against a raw frame relay
+// (bench/tcp_relay.cpp), side by side in one run.
+//
+// Targets (each a real process, started fresh, stopped by pid):
+//   fingate : `fingate run` with two TCP endpoints, `orchestrator` (role orchestrator) and `fins`
+//             (role fins), each listening on a free loopback port (config/fingate.yaml's shape);
+//   relay   : tcp_relay, which copies every frame from one side's clients to the other side's.
+//
+// Per target, on loopback, in this process:
+//   1. an orchestrator client O connects to the orchestrator side, subscribes (kind 2) to
+//      `soarca` and to the fin's capability topic (for fingate: then a ping/pong barrier);
+//   2. a fin client F connects to the fins side and publishes the register of vector
+//      01-a-register on `soarca` (re-sent every second until O has received it, at most 10
+//      times: the relay drops frames while the other side has no client yet);
+//   3. O acks the register on the fin-id topic (fingate commits the binding and passes the ack to
+//      F; the relay just forwards it). fingate's router binds a register provisionally at once,
+//      so commands route to F's session even before that ack (core/src/router/router.cpp:
+//      handleRegister binds, fromOrchestrator looks the topic up in the registry);
+//   4. O publishes commands (kind 1) on the capability topic: vector 03-a-command-auth with the
+//      message_id replaced by "bench-<run>-<seq>-<send time ns>" and `variables` padded so the
+//      payload is exactly --payload bytes (1024 by default): valid Fin command JSON;
+//      F counts them by sequence number (lost / duplicated / out of order).
+//   Phases: a probe (until a command comes through), a warm-up of 20000 (not reported; its rate
+//   sizes the next phase to about --tp-seconds, at most --max-messages), then
+//   * throughput: that many commands as fast as the pipe takes them, with at most --window
+//     commands sent and not yet received (keeps fingate's per-connection outbound buffer,
+//     8 MiB by default, from overflowing into a "slow consumer" close); O batches up to 32
+//     frames per write(). msg/s = received / (last receipt - first send);
+//   * latency: a paced sender at --rate-fraction (0.5) x the throughput just measured for the
+//     same target, for --seconds; each command carries its send time (steady clock ns, O and F
+//     live in this process); p50/p90/p99/p99.9/max of receive time - send time;
+//   * the same at --common-rate (10 000 msg/s) for every target: equal load, comparable latency.
+//   A paced sender sleeps until each command's due time and writes it on its own; when it is
+//   behind (the 2 vCPUs are busy) it writes everything already due in one write().
+//   CPU µs/msg = (utime+stime of the target process from /proc/<pid>/stat after - before the
+//   phase) / messages received in the phase (10 ms tick resolution). The harness's own CPU per
+//   message is printed too (it shares the 2 vCPUs with the target).
+//
+// Usage: tcp_forward [--fingate BIN] [--plugins-dir DIR] [--relay BIN] [--targets fingate,relay]
+//                    [--tp-seconds S] [--max-messages N] [--seconds S] [--rate-fraction F]
+//                    [--common-rate R] [--payload B] [--window W]
+//                    [--repeat K] [--keep-logs]
+// No timed assertions: it prints tables (markdown) and exits 0 when every target completed
+// without loss, 1 otherwise.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <cinttypes>
+#include <csignal>
+#include <mutex>
+
+#include "bench_support.hpp"
+
+namespace fingate::bench {
+
+std::atomic<bool> g_interrupted{false};
+
+// ---- Fin protocol messages (captured vectors, ../shared/protocol/vectors) ------------------------
+
+const char* const kFinId = "soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d";
+const char* const kCapability = "mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d";
+const char* const kRegisterId = "abec7356-e6f0-11f1-acf4-02fc00000001";
+// 01-a-register.json (928 bytes)
+const char* const kRegister =
+    R"({"type":"register","message_id":"abec7356-e6f0-11f1-acf4-02fc00000001","fin_id":"soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d","protocol_version":"0.0.1","security":{"version":"0.0.1","channel_security":"plaintext"},"capabilities":[{"capability_id":"mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d","type":"action","name":"Ping Pong capability","version":"0.0.1","step":{"test":{"type":"action","name":"step_name","description":"step description","external_references":[{"name":"external-reference-example-name","description":null,"source":null,"url":null,"external_id":null,"reference_id":null}],"command":"pong","target":"soarca-fin-pong-f896bb3b-bb37-429e-8ece-2d4286cf326d"}},"agent":{"testagent":{"type":"soarca-fin","name":"soarca-fin-pong-f896bb3b-bb37-429e-8ece-2d4286cf326d"}}}],"meta":{"timestamp":"2026-11-23T03:47:57.613598+00:00","sender_id":"soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d"}})";
+// 03-a-command-auth.json, split around its message_id and its empty variables.
+const char* const kCommandHead = R"({"type":"command","message_id":")";
+const char* const kCommandMid =
+    R"(","command":{"command":"pong","authentication":{"id":"user-auth--206f95ce-99da-4402-85fc-c0bbc81c49a9","type":"user-auth","username":"soarca","password":"password","kms":false},"context":{"completed_on":"0001-01-01T00:00:00Z","generated_on":"0001-01-01T00:00:00Z","timeout":1,"delay":0,"step_id":"action--774091ad-fff0-4af6-aeba-da83fc4854e7","playbook_id":"playbook--b502ab4a-ee19-4072-a438-2ab798e40c73","execution_id":"ed56e19c-5fee-4551-a0d2-316aee522515"},"variables":{"__pad__":{"type":"string","name":"__pad__","description":"padding","value":")";
+const char* const kCommandTail =
+    R"(","constant":false,"external":false}}},"meta":{"timestamp":"2026-11-23T03:47:57.816651668Z","sender_id":"soarca-fin-capability"}})";
+
+// message_id = "bench-" + 8 hex run + "-" + 10 digit seq + "-" + 20 digit send time (ns): 46 chars.
+constexpr size_t kIdOffset = 32;  // strlen(kCommandHead)
+constexpr size_t kIdLen = 46;
+
+void writeId(char* at, uint32_t run, uint64_t seq, int64_t ts) {
+  char b[64];
+  std::snprintf(b, sizeof b, "bench-%08x-%010" PRIu64 "-%020" PRId64, run, seq, ts);
+  std::memcpy(at, b, kIdLen);
+}
+
+struct Stamp {
+  uint32_t run = 0;
+  uint64_t seq = 0;
+  int64_t ts = 0;
+};
+
+bool readId(const char* p, size_t n, Stamp& s) {
+  if (n < kIdOffset + kIdLen) return false;
+  const char* id = p + kIdOffset;
+  if (std::memcmp(id, "bench-", 6) != 0) return false;
+  auto a = std::from_chars(id + 6, id + 14, s.run, 16);
+  auto b = std::from_chars(id + 15, id + 25, s.seq);
+  auto c = std::from_chars(id + 26, id + 46, s.ts);
+  return a.ec == std::errc() && b.ec == std::errc() && c.ec == std::errc();
+}
+
+// The command, padded to exactly payload_bytes (or its minimum size, if larger).
+size_t minCommandBytes() {
+  return std::strlen(kCommandHead) + kIdLen + std::strlen(kCommandMid) + std::strlen(kCommandTail);
+}
+std::string makeCommand(size_t payload_bytes) {
+  size_t pad = payload_bytes > minCommandBytes() ? payload_bytes - minCommandBytes() : 0;
+  return std::string(kCommandHead) + std::string(kIdLen, '0') + kCommandMid + std::string(pad, 'x') + kCommandTail;
+}
+
+// ---- frames ---------------------------------------------------------------------------------------
+
+enum Kind : uint8_t { kPublish = 1, kSubscribe = 2, kPing = 4, kPong = 5, kError = 6 };
+
+std::string frame(uint8_t kind, const std::string& topic, const std::string& payload) {
+  uint32_t rest = static_cast<uint32_t>(3 + topic.size() + payload.size());
+  std::string f;
+  f.reserve(4 + rest);
+  for (int s = 24; s >= 0; s -= 8) f.push_back(static_cast<char>(rest >> s));
+  f.push_back(static_cast<char>(kind));
+  f.push_back(static_cast<char>(topic.size() >> 8));
+  f.push_back(static_cast<char>(topic.size()));
+  return f + topic + payload;
+}
+
+int connectTo(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  timeval tv{1, 0};  // a blocked write gives up after 1 s (the caller retries until its deadline)
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+// Writes everything or gives up at the deadline / on an error.
+bool writeAll(int fd, const char* p, size_t n, Clock::time_point deadline) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w > 0) {
+      p += w;
+      n -= static_cast<size_t>(w);
+      continue;
+    }
+    if (w < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) && Clock::now() < deadline &&
+        !g_interrupted)
+      continue;
+    return false;
+  }
+  return true;
+}
+
+// A thread that reads frames from a socket and hands each to `on_frame(kind, topic, payload)`
+// (called with the reader's lock held; lock() gives the same lock to other threads).
+class FrameReader {
+ public:
+  using Handler = std::function<void(uint8_t, std::string_view, std::string_view)>;
+  FrameReader(int fd, Handler h) : fd_(fd), on_frame_(std::move(h)), th_([this] { loop(); }) {}
+  ~FrameReader() {
+    stop_ = true;
+    th_.join();
+  }
+  std::unique_lock<std::mutex> lock() { return std::unique_lock(mu_); }
+  bool closed() const { return closed_; }
+
+ private:
+  void loop() {
+    std::vector<char> buf(512 * 1024);
+    size_t len = 0;
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      if (buf.size() - len < 64 * 1024) buf.resize(buf.size() * 2);
+      ssize_t r = ::recv(fd_, buf.data() + len, buf.size() - len, 0);
+      if (r <= 0) {
+        if (r < 0 && errno == EINTR) continue;
+        closed_ = true;
+        return;
+      }
+      len += static_cast<size_t>(r);
+      size_t pos = 0;
+      std::lock_guard lk(mu_);
+      while (len - pos >= 4) {
+        const auto* u = reinterpret_cast<const unsigned char*>(buf.data() + pos);
+        uint32_t rest = (uint32_t(u[0]) << 24) | (uint32_t(u[1]) << 16) | (uint32_t(u[2]) << 8) | uint32_t(u[3]);
+        if (len - pos < 4 + size_t(rest)) break;
+        uint16_t tl = static_cast<uint16_t>((u[5] << 8) | u[6]);
+        if (rest < 3 || size_t(tl) + 3 > rest) {
+          closed_ = true;  // not a frame stream
+          return;
+        }
+        std::string_view topic(buf.data() + pos + 7, tl);
+        std::string_view payload(buf.data() + pos + 7 + tl, rest - 3 - tl);
+        on_frame_(u[4], topic, payload);
+        pos += 4 + rest;
+      }
+      std::memmove(buf.data(), buf.data() + pos, len - pos);
+      len -= pos;
+    }
+  }
+
+  int fd_;
+  Handler on_frame_;
+  std::mutex mu_;
+  std::atomic<bool> stop_{false}, closed_{false};
+  std::thread th_;  // last: started after everything it uses
+};
+
+// ---- the fin side: counts commands by sequence number ------------------------------------------------
+
+struct PhaseResult {
+  size_t expected = 0, unique = 0, dups = 0, out_of_order = 0, strays = 0;
+  int64_t first_send_ns = 0, last_rx_ns = 0;
+  std::vector<int64_t> latencies_ns;
+  size_t lost() const { return expected - unique; }
+};
+
+class FinCounter {
+ public:
+  // Called by the fin's reader thread (lock held).
+  void onFrame(uint8_t kind, std::string_view topic, std::string_view payload) {
+    int64_t now = nowNs();
+    if (kind != kPublish || topic != kCapability) {
+      ++other_frames_;
+      return;
+    }
+    Stamp s;
+    if (!readId(payload.data(), payload.size(), s)) {
+      ++strays_;
+      return;
+    }
+    last_run_seen_.store(s.run);
+    if (s.run != run_ || run_ == 0 || s.seq >= expected_) {
+      ++strays_;
+      return;
+    }
+    last_rx_ns_.store(now, std::memory_order_relaxed);
+    if (seen_[s.seq]++) {
+      ++dups_;
+      return;
+    }
+    lat_[s.seq] = now - s.ts;
+    if (static_cast<int64_t>(s.seq) < max_seq_) ++ooo_;
+    else max_seq_ = static_cast<int64_t>(s.seq);
+    unique_.fetch_add(1, std::memory_order_release);
+  }
+  // The caller holds the reader's lock for arm() and take().
+  void arm(uint32_t run, size_t n) {
+    run_ = run;
+    expected_ = n;
+    seen_.assign(n, 0);
+    lat_.assign(n, -1);
+    unique_ = 0;
+    dups_ = ooo_ = strays_ = 0;
+    max_seq_ = -1;
+    last_rx_ns_ = nowNs();
+  }
+  PhaseResult take() {
+    PhaseResult r;
+    r.expected = expected_;
+    r.unique = unique_;
+    r.dups = dups_;
+    r.out_of_order = ooo_;
+    r.strays = strays_;
+    r.last_rx_ns = last_rx_ns_;
+    for (int64_t l : lat_)
+      if (l >= 0) r.latencies_ns.push_back(l);
+    run_ = 0;
+    return r;
+  }
+  size_t unique() const { return unique_.load(std::memory_order_acquire); }
+  int64_t lastRxNs() const { return last_rx_ns_.load(std::memory_order_relaxed); }
+  uint32_t lastRunSeen() const { return last_run_seen_.load(); }
+  uint64_t otherFrames() const { return other_frames_; }
+
+ private:
+  uint32_t run_ = 0;
+  size_t expected_ = 0;
+  std::vector<uint8_t> seen_;
+  std::vector<int64_t> lat_;
+  std::atomic<size_t> unique_{0};
+  std::atomic<int64_t> last_rx_ns_{0};
+  std::atomic<uint32_t> last_run_seen_{0};
+  size_t dups_ = 0, ooo_ = 0, strays_ = 0;
+  int64_t max_seq_ = -1;
+  std::atomic<uint64_t> other_frames_{0};
+};
+
+// What the orchestrator client hears back (the register; errors and nacks would mean trouble).
+struct OrchCounter {
+  std::atomic<bool> registered{false};
+  std::atomic<uint64_t> pongs{0}, errors{0}, nacks{0}, other{0};
+  std::string last_error;  // reader lock
+  void onFrame(uint8_t kind, std::string_view topic, std::string_view payload) {
+    if (kind == kPong) ++pongs;
+    else if (kind == kError) {
+      ++errors;
+      last_error = std::string(payload.substr(0, 300));
+    } else if (kind == kPublish && topic == "soarca" && payload.find("\"type\":\"register\"") != std::string_view::npos)
+      registered = true;
+    else if (kind == kPublish && payload.find("\"type\":\"nack\"") != std::string_view::npos)
+      ++nacks;
+    else
+      ++other;
+  }
+};
+
+// ---- one target ---------------------------------------------------------------------------------
+
+struct Options {
+  std::string fingate = FINGATE_BENCH_DEFAULT_BIN;
+  std::string plugins_dir = FINGATE_BENCH_DEFAULT_PLUGINS;
+  std::string relay;  // default: tcp_relay next to this program
+  std::string targets = "fingate,relay";
+  size_t max_messages = 5'000'000;
+  double tp_seconds = 3.0;
+  double seconds = 3.0;
+  double rate_fraction = 0.5;
+  double common_rate = 10000;  // a second paced phase at the same rate for every target (0: off)
+  size_t payload = 1024;
+  size_t window = 4000;
+  int repeat = 1;
+  bool keep_logs = false;
+};
+
+struct Throughput {
+  PhaseResult r;
+  double rate = 0;  // received / (last receipt - first send)
+  double cpu_us_per_msg = 0, self_us_per_msg = 0;
+  bool complete = false;
+};
+
+struct Latency {
+  PhaseResult r;
+  double target_rate = 0, sent_rate = 0;
+  int64_t send_span_ns = 0, max_lag_ns = 0;
+  double cpu_us_per_msg = 0, self_us_per_msg = 0;
+  int64_t p50 = 0, p90 = 0, p99 = 0, p999 = 0, max = 0;
+  bool kept_up = false;
+};
+
+struct TargetResult {
+  std::string name;
+  bool ok = false;
+  std::string error;
+  Throughput tp;
+  Latency lat;     // at rate_fraction x its own saturated rate
+  Latency common;  // at common_rate, the same for every target
+  double other_cpus = 0;
+  std::string notes;  // counters after the run
+};
+
+class Bench {
+ public:
+  Bench(const Options& o, int pid, int orch_fd, FinCounter& fin, FrameReader& fin_reader)
+      : o_(o), pid_(pid), fd_(orch_fd), fin_(fin), fin_reader_(fin_reader) {
+    frame_ = frame(kPublish, kCapability, makeCommand(o.payload));
+    id_at_ = frame_.size() - o.payload + kIdOffset;
+  }
+
+  // Sends commands of a probe run until one arrives (20 s at most).
+  bool probe() {
+    uint32_t run = next_run_++;
+    auto end = Clock::now() + 20s;
+    while (Clock::now() < end && !g_interrupted) {
+      writeId(frame_.data() + id_at_, run, 1u << 30, nowNs());
+      if (!writeAll(fd_, frame_.data(), frame_.size(), Clock::now() + 2s)) return false;
+      if (waitFor([&] { return fin_.lastRunSeen() == run; }, 200ms, 1ms)) return true;
+    }
+    return false;
+  }
+
+  Throughput throughput(size_t n) {
+    Throughput t;
+    uint32_t run = arm(n);
+    const size_t kBatch = 32;
+    std::string batch;
+    batch.reserve(kBatch * frame_.size());
+    double cpu0 = cpuMs(pid_), self0 = cpuMs(::getpid());
+    int64_t t0 = nowNs();
+    auto deadline = Clock::now() + 25s;
+    size_t sent = 0;
+    while (sent < n && !g_interrupted && Clock::now() < deadline) {
+      size_t in_flight = sent - fin_.unique();
+      size_t room = in_flight < o_.window ? o_.window - in_flight : 0;
+      size_t k = std::min({n - sent, room, kBatch});
+      if (k == 0) {
+        std::this_thread::sleep_for(20us);
+        continue;
+      }
+      batch.clear();
+      int64_t now = nowNs();
+      for (size_t i = 0; i < k; ++i) {
+        writeId(frame_.data() + id_at_, run, sent + i, now);
+        batch += frame_;
+      }
+      if (!writeAll(fd_, batch.data(), batch.size(), deadline)) break;
+      sent += k;
+    }
+    t.complete = waitDone(sent, deadline + 5s) && sent == n;
+    t.r = takeResult(sent);
+    t.r.first_send_ns = t0;
+    double msgs = static_cast<double>(std::max<size_t>(1, t.r.unique));
+    t.cpu_us_per_msg = (cpuMs(pid_) - cpu0) * 1000.0 / msgs;
+    t.self_us_per_msg = (cpuMs(::getpid()) - self0) * 1000.0 / msgs;
+    t.rate = t.r.unique > 1 ? static_cast<double>(t.r.unique) * 1e9 / static_cast<double>(t.r.last_rx_ns - t0) : 0;
+    return t;
+  }
+
+  Latency latency(double rate, double seconds) {
+    Latency l;
+    l.target_rate = rate;
+    size_t n = std::max<size_t>(10, static_cast<size_t>(rate * seconds));
+    uint32_t run = arm(n);
+    std::string batch;
+    double cpu0 = cpuMs(pid_), self0 = cpuMs(::getpid());
+    auto period = std::chrono::nanoseconds(static_cast<int64_t>(1e9 / rate));
+    auto start = Clock::now() + 5ms;
+    auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds * 2 + 5));
+    int64_t first = 0, last = 0;
+    size_t sent = 0;
+    while (sent < n && !g_interrupted && Clock::now() < deadline) {
+      auto due = start + period * static_cast<int64_t>(sent);
+      if (Clock::now() < due) std::this_thread::sleep_until(due);
+      if (sent - fin_.unique() >= o_.window) {  // never more than the window outstanding
+        std::this_thread::sleep_for(20us);
+        continue;
+      }
+      // Everything due by now goes in one write (only when the sender fell behind).
+      auto now_tp = Clock::now();
+      int64_t now = nowNs();
+      l.max_lag_ns = std::max<int64_t>(l.max_lag_ns, std::chrono::duration_cast<std::chrono::nanoseconds>(now_tp - due).count());
+      batch.clear();
+      size_t k = 0;
+      while (sent + k < n && k < 32 && start + period * static_cast<int64_t>(sent + k) <= now_tp) {
+        writeId(frame_.data() + id_at_, run, sent + k, now);
+        batch += frame_;
+        ++k;
+      }
+      if (k == 0) continue;
+      if (!first) first = now;
+      last = now;
+      if (!writeAll(fd_, batch.data(), batch.size(), deadline)) break;
+      sent += k;
+    }
+    waitDone(sent, deadline + 5s);
+    l.r = takeResult(sent);
+    double msgs = static_cast<double>(std::max<size_t>(1, l.r.unique));
+    l.cpu_us_per_msg = (cpuMs(pid_) - cpu0) * 1000.0 / msgs;
+    l.self_us_per_msg = (cpuMs(::getpid()) - self0) * 1000.0 / msgs;
+    l.send_span_ns = last - first;
+    l.sent_rate = sent > 1 && last > first ? static_cast<double>(sent - 1) * 1e9 / static_cast<double>(last - first) : 0;
+    auto& v = l.r.latencies_ns;
+    std::sort(v.begin(), v.end());
+    l.p50 = percentile(v, 0.50);
+    l.p90 = percentile(v, 0.90);
+    l.p99 = percentile(v, 0.99);
+    l.p999 = percentile(v, 0.999);
+    l.max = v.empty() ? 0 : v.back();
+    // Kept up: every command arrived, >= 98% of the rate went out, and the receipts ended no
+    // later than 50 ms after the sends (no backlog grew).
+    l.kept_up = l.r.unique == l.r.expected && l.sent_rate >= 0.98 * rate &&
+                l.r.last_rx_ns - first <= l.send_span_ns + 50'000'000;
+    return l;
+  }
+
+ private:
+  uint32_t arm(size_t n) {
+    uint32_t run = next_run_++;
+    auto lk = fin_reader_.lock();
+    fin_.arm(run, n);
+    return run;
+  }
+  PhaseResult takeResult(size_t sent) {
+    auto lk = fin_reader_.lock();
+    PhaseResult r = fin_.take();
+    r.expected = sent;  // a phase cut short by its deadline sent fewer than it armed for
+    return r;
+  }
+  // Every message in, or 3 s without progress, or the deadline.
+  bool waitDone(size_t n, Clock::time_point deadline) {  // n: what was sent
+    while (fin_.unique() < n && Clock::now() < deadline && !g_interrupted) {
+      if (nowNs() - fin_.lastRxNs() > 3'000'000'000LL) break;
+      std::this_thread::sleep_for(200us);
+    }
+    return fin_.unique() >= n;
+  }
+
+  const Options& o_;
+  int pid_;
+  int fd_;
+  FinCounter& fin_;
+  FrameReader& fin_reader_;
+  std::string frame_;
+  size_t id_at_ = 0;
+  static inline uint32_t next_run_ = 1;
+};
+
+TargetResult runTarget(const std::string& name, const Options& o) {
+  TargetResult tr;
+  tr.name = name;
+  std::unique_ptr<Gateway> gw;
+  std::unique_ptr<Process> relay;
+  int pid = 0, orch_port = 0, fins_port = 0;
+  if (name == "fingate") {
+    gw = std::make_unique<Gateway>(o.fingate, o.plugins_dir, "tcp-fingate",
+                                   "endpoints:\n"
+                                   "  orchestrator: { plugin: tcp, role: orchestrator, listen: \"127.0.0.1:{PORT:orchestrator}\" }\n"
+                                   "  fins: { plugin: tcp, role: fins, listen: \"127.0.0.1:{PORT:fins}\" }\n"
+                                   "routes: []\n");
+    if (!gw->start()) {
+      tr.error = "fingate did not start";
+      return tr;
+    }
+    pid = gw->pid();
+    orch_port = gw->port("orchestrator");
+    fins_port = gw->port("fins");
+  } else {
+    std::string dir = tempDir("tcp-relay");
+    relay = std::make_unique<Process>(std::vector<std::string>{o.relay, "--max-seconds", "300"}, dir + "/relay.log");
+    waitFor([&] {
+      std::string log = relay->log();
+      orch_port = portAfter(log, "orchestrator listening on");
+      fins_port = portAfter(log, "fins listening on");
+      return (orch_port && fins_port) || !relay->running();
+    }, 10s);
+    if (!orch_port || !fins_port) {
+      tr.error = "tcp_relay did not start: " + relay->log();
+      return tr;
+    }
+    pid = relay->pid();
+  }
+  std::fprintf(stderr, "%s: pid %d, orchestrator port %d, fins port %d\n", name.c_str(), pid, orch_port, fins_port);
+
+  OtherLoad load({pid});
+  int ofd = connectTo(orch_port), ffd = connectTo(fins_port);
+  if (ofd < 0 || ffd < 0) {
+    tr.error = "cannot connect";
+    if (ofd >= 0) ::close(ofd);
+    if (ffd >= 0) ::close(ffd);
+    return tr;
+  }
+  {
+    OrchCounter orch;
+    FinCounter fin;
+    FrameReader orch_reader(ofd, [&](uint8_t k, std::string_view t, std::string_view p) { orch.onFrame(k, t, p); });
+    FrameReader fin_reader(ffd, [&](uint8_t k, std::string_view t, std::string_view p) { fin.onFrame(k, t, p); });
+    auto dl = [] { return Clock::now() + 5s; };
+    std::string setup = frame(kSubscribe, "soarca", "") + frame(kSubscribe, kCapability, "");
+    bool ok = writeAll(ofd, setup.data(), setup.size(), dl());
+    if (ok && gw) {  // fingate: the subscriptions are stored once the pong is in
+      std::string ping = frame(kPing, "", "barrier");
+      ok = writeAll(ofd, ping.data(), ping.size(), dl()) && waitFor([&] { return orch.pongs > 0; }, 5s, 1ms);
+    }
+    std::string reg = frame(kPublish, "soarca", kRegister);
+    for (int i = 0; ok && i < 10 && !orch.registered && !g_interrupted; ++i) {
+      ok = writeAll(ffd, reg.data(), reg.size(), dl());
+      waitFor([&] { return orch.registered.load(); }, 1s, 1ms);
+    }
+    if (ok && orch.registered) {
+      std::string ack = frame(kPublish, kFinId, std::string(R"({"type":"ack","message_id":")") + kRegisterId + "\"}");
+      ok = writeAll(ofd, ack.data(), ack.size(), dl());
+      Bench b(o, pid, ofd, fin, fin_reader);
+      if (!ok || !b.probe()) {
+        tr.error = "no command came through within 20 s";
+      } else {
+        // Warm-up (not reported); its rate sizes the measured phase to about --tp-seconds.
+        Throughput warm = b.throughput(20000);
+        size_t n = static_cast<size_t>(std::clamp(warm.rate * o.tp_seconds, 20000.0, static_cast<double>(o.max_messages)));
+        load.reset();
+        tr.tp = b.throughput(n);
+        std::this_thread::sleep_for(300ms);
+        double rate = std::max(100.0, tr.tp.rate * o.rate_fraction);
+        tr.lat = b.latency(rate, o.seconds);
+        if (o.common_rate > 0) {
+          std::this_thread::sleep_for(300ms);
+          tr.common = b.latency(o.common_rate, o.seconds);
+        }
+        tr.other_cpus = load.cpus();
+        tr.ok = tr.tp.complete && tr.tp.r.lost() == 0 && tr.lat.r.lost() == 0 && tr.common.r.lost() == 0;
+        if (!tr.ok) tr.error = "messages lost";
+      }
+    } else if (tr.error.empty()) {
+      tr.error = ok ? "the register never reached the orchestrator" : "write failed";
+    }
+    char notes[512];
+    std::snprintf(notes, sizeof notes,
+                  "orchestrator heard: register %s, %" PRIu64 " nacks, %" PRIu64 " error frames, %" PRIu64
+                  " other; fin heard %" PRIu64 " frames besides commands (the register's ack; through the relay also O's 2 subscribes)",
+                  orch.registered ? "yes" : "no", orch.nacks.load(), orch.errors.load(), orch.other.load(),
+                  fin.otherFrames());
+    tr.notes = notes;
+    if (orch.errors) tr.notes += "; last error: " + orch.last_error;
+    if (orch_reader.closed() || fin_reader.closed()) tr.notes += "; a client connection was closed by the target";
+  }
+  ::close(ofd);
+  ::close(ffd);
+  if (gw) {
+    std::string m = gw->metrics();
+    if (m.empty()) {
+      tr.notes += "; fingate /metrics: no answer";
+    } else {
+      // A counter with labels has no series until it counts something.
+      auto val = [&](const char* name) { return fmt("%.0f", std::max(0.0, metricSum(m, name))); };
+      tr.notes += "; fingate /metrics: dead letters " + val("fingate_dead_letters_total") + ", nacks sent " +
+                  val("fingate_nacks_sent_total") + ", routed " + val("fingate_routed_total");
+    }
+    if (o.keep_logs) std::fprintf(stderr, "fingate log: %s\n", gw->logPath().c_str());
+    gw->stop();
+  } else {
+    relay->terminate();
+    std::string log = relay->log();
+    auto at = log.find("tcp_relay: frames");
+    if (at != std::string::npos) tr.notes += "; " + log.substr(at, log.find('\n', at) - at);
+  }
+  return tr;
+}
+
+// ---- report ---------------------------------------------------------------------------------------
+
+std::string us(int64_t ns) { return fmt("%.0f", static_cast<double>(ns) / 1e3); }
+
+void printLatency(const std::vector<TargetResult>& rs, const Latency& (*pick)(const TargetResult&)) {
+  std::printf("| target | rate msg/s | sent msg/s | kept up | received | lost | dup | ooo | p50 | p90 | **p99** | p99.9 | max | max send lag | CPU µs/msg (target) | harness CPU µs/msg |\n");
+  std::printf("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (auto& t : rs) {
+    const Latency& l = pick(t);
+    if (!l.r.expected) {
+      std::printf("| %s | FAILED: %s |||||||||||||||\n", t.name.c_str(), t.error.c_str());
+      continue;
+    }
+    std::printf("| %s | %.0f | %.0f | %s | %zu | %zu | %zu | %zu | %s | %s | **%s** | %s | %s | %s | %.2f | %.2f |\n",
+                t.name.c_str(), l.target_rate, l.sent_rate, l.kept_up ? "yes" : "**no**", l.r.unique, l.r.lost(),
+                l.r.dups, l.r.out_of_order, us(l.p50).c_str(), us(l.p90).c_str(), us(l.p99).c_str(),
+                us(l.p999).c_str(), us(l.max).c_str(), us(l.max_lag_ns).c_str(), l.cpu_us_per_msg,
+                l.self_us_per_msg);
+  }
+}
+
+void print(const std::vector<TargetResult>& rs, const Options& o, int round) {
+  std::printf("\n### Round %d (load %s)\n\n", round, loadLine().c_str());
+  std::printf("#### Saturated: ~%.0f s of commands, %zu B payload, window %zu\n\n", o.tp_seconds, o.payload, o.window);
+  std::printf("| target | commands | **msg/s** | MB/s | lost | dup | out-of-order | **CPU µs/msg** (target) | harness CPU µs/msg | other load (CPUs) |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (auto& t : rs) {
+    if (!t.tp.r.expected) {
+      std::printf("| %s | FAILED: %s |||||||||\n", t.name.c_str(), t.error.c_str());
+      continue;
+    }
+    std::printf("| %s | %zu | **%.0f** | %.1f | %zu | %zu | %zu | **%.2f** | %.2f | %.2f |\n", t.name.c_str(), t.tp.r.expected, t.tp.rate,
+                t.tp.rate * static_cast<double>(o.payload) / 1e6, t.tp.r.lost(), t.tp.r.dups, t.tp.r.out_of_order,
+                t.tp.cpu_us_per_msg, t.tp.self_us_per_msg, t.other_cpus);
+  }
+  std::printf("\n#### Paced at %.2f x each target's own saturated rate, %.1f s (latency µs)\n\n", o.rate_fraction, o.seconds);
+  printLatency(rs, [](const TargetResult& t) -> const Latency& { return t.lat; });
+  if (o.common_rate > 0) {
+    std::printf("\n#### Paced at %.0f msg/s for every target, %.1f s (latency µs)\n\n", o.common_rate, o.seconds);
+    printLatency(rs, [](const TargetResult& t) -> const Latency& { return t.common; });
+  }
+  const TargetResult *g = nullptr, *r = nullptr;
+  for (auto& t : rs) {
+    if (t.name == "fingate" && t.tp.r.expected) g = &t;
+    if (t.name == "relay" && t.tp.r.expected) r = &t;
+  }
+  if (g && r) {
+    auto ratio = [](double a, double b) { return b > 0 ? fmt("%.2fx", a / b) : std::string("–"); };
+    std::printf("\n#### Ratio fingate / relay (same run)\n\n");
+    std::printf("| saturated msg/s | CPU µs/msg saturated | CPU µs/msg at %.2fx own | p50 at %.2fx own | p99 at %.2fx own "
+                "| CPU µs/msg at %.0f/s | p50 at %.0f/s | p99 at %.0f/s |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                o.rate_fraction, o.rate_fraction, o.rate_fraction, o.common_rate, o.common_rate, o.common_rate);
+    auto p = [](int64_t v) { return static_cast<double>(v); };
+    std::printf("| %s | %s | %s | %s | %s | %s | %s | %s |\n", ratio(g->tp.rate, r->tp.rate).c_str(),
+                ratio(g->tp.cpu_us_per_msg, r->tp.cpu_us_per_msg).c_str(),
+                ratio(g->lat.cpu_us_per_msg, r->lat.cpu_us_per_msg).c_str(), ratio(p(g->lat.p50), p(r->lat.p50)).c_str(),
+                ratio(p(g->lat.p99), p(r->lat.p99)).c_str(),
+                ratio(g->common.cpu_us_per_msg, r->common.cpu_us_per_msg).c_str(),
+                ratio(p(g->common.p50), p(r->common.p50)).c_str(), ratio(p(g->common.p99), p(r->common.p99)).c_str());
+    std::printf("\n(\"own\": each target paced at %.2f x its own saturated rate, so those rates differ; the fixed-rate columns compare equal load)\n",
+                o.rate_fraction);
+  }
+  std::printf("\n");
+  for (auto& t : rs) {
+    if (t.ok) std::printf("* %s: no loss; %s\n", t.name.c_str(), t.notes.c_str());
+    else std::printf("* %s: **%s**; %s\n", t.name.c_str(), t.error.c_str(), t.notes.c_str());
+  }
+  std::fflush(stdout);
+}
+
+int run(const Options& o) {
+  ::prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+  std::vector<std::string> targets;
+  for (std::string t : {"fingate", "relay"})
+    if (o.targets.find(t) != std::string::npos) targets.push_back(t);
+  std::printf("## tcp_forward: %s, %u cpus, load %s\n\nfingate: %s (plugins %s)\nrelay: %s\n", cpuModel().c_str(),
+              std::thread::hardware_concurrency(), loadLine().c_str(), o.fingate.c_str(), o.plugins_dir.c_str(),
+              o.relay.c_str());
+  bool all_ok = true;
+  for (int round = 1; round <= o.repeat && !g_interrupted; ++round) {
+    std::vector<TargetResult> rs;
+    // Alternate the order between rounds (the machine's state drifts).
+    auto order = targets;
+    if (round % 2 == 0) std::reverse(order.begin(), order.end());
+    for (auto& t : order) {
+      rs.push_back(runTarget(t, o));
+      all_ok &= rs.back().ok;
+    }
+    std::sort(rs.begin(), rs.end(), [](auto& a, auto& b) { return a.name < b.name; });
+    print(rs, o, round);
+  }
+  return all_ok ? 0 : 1;
+}
+
+}  // namespace fingate::bench
+
+int main(int argc, char** argv) {
+  fingate::bench::Options o;
+  o.relay = fingate::bench::selfDir() + "/tcp_relay";
+  CLI::App app{"TCP -> TCP: fingate (orchestrator + fins TCP endpoints) vs a raw frame relay"};
+  app.add_option("--fingate", o.fingate, "fingate binary")->capture_default_str();
+  app.add_option("--plugins-dir", o.plugins_dir, "directory with libfingate-tcp.so")->capture_default_str();
+  app.add_option("--relay", o.relay, "tcp_relay binary")->capture_default_str();
+  app.add_option("--targets", o.targets, "comma-separated subset of fingate,relay")->capture_default_str();
+  app.add_option("--tp-seconds", o.tp_seconds, "saturated phase length (sized from the warm-up's rate)")->capture_default_str()->check(CLI::Range(0.2, 20.0));
+  app.add_option("--max-messages", o.max_messages, "at most this many commands in the saturated phase")->capture_default_str()->check(CLI::Range(20000, 20'000'000));
+  app.add_option("--seconds", o.seconds, "length of the paced (latency) phase")->capture_default_str()->check(CLI::Range(0.1, 30.0));
+  app.add_option("--common-rate", o.common_rate, "a second paced phase at this rate for every target, msg/s (0: off)")->capture_default_str()->check(CLI::Range(0.0, 2e6));
+  app.add_option("--rate-fraction", o.rate_fraction, "paced rate as a fraction of the saturated rate")->capture_default_str()->check(CLI::Range(0.01, 1.0));
+  app.add_option("--payload", o.payload, "command payload bytes (at least the command JSON itself, ~800)")->capture_default_str()->check(CLI::Range(size_t(1), size_t(1) << 20));
+  app.add_option("--window", o.window, "commands sent and not yet received, at most")->capture_default_str()->check(CLI::Range(1, 100000));
+  app.add_option("--repeat", o.repeat, "rounds")->capture_default_str()->check(CLI::Range(1, 10));
+  app.add_flag("--keep-logs", o.keep_logs, "keep /tmp/fingate-bench-<pid> (process logs)");
+  CLI11_PARSE(app, argc, argv);
+  if (o.payload < fingate::bench::minCommandBytes()) {
+    std::fprintf(stderr, "--payload must be at least %zu\n", fingate::bench::minCommandBytes());
+    return 2;
+  }
+  std::signal(SIGINT, [](int) { fingate::bench::g_interrupted = true; });
+  std::signal(SIGTERM, [](int) { fingate::bench::g_interrupted = true; });
+  std::signal(SIGPIPE, SIG_IGN);
+  int rc;
+  try {
+    rc = fingate::bench::run(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tcp_forward: %s\n", e.what());
+    rc = 1;
+  }
+  if (!o.keep_logs) fingate::bench::cleanupTempRoot();
+  return rc;
+}
