@@ -17,6 +17,7 @@ class Conn:
     def __init__(self, host, port):
         self.sock = socket.create_connection((host, port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending = []  # frames that arrived while waiting for a pong, in order
 
     def send(self, kind, topic, payload=b""):
         t = topic.encode()
@@ -33,6 +34,11 @@ class Conn:
         return buf
 
     def recv(self):
+        if self.pending:
+            return self.pending.pop(0)
+        return self._recv_frame()
+
+    def _recv_frame(self):
         rest, kind, tlen = struct.unpack(">IBH", self._read(7))
         body = self._read(rest - 3)
         topic, payload = body[:tlen].decode(), body[tlen:]
@@ -41,13 +47,15 @@ class Conn:
         return kind, topic, payload
 
     def barrier(self):
-        """Ping and wait for the pong: everything sent before it has been processed."""
+        """Ping and wait for the pong: everything sent before it has been processed. Frames that
+        arrive meanwhile (a register the gateway replays to a new subscriber, say) are kept."""
         token = uuid.uuid4().hex.encode()
         self.send(PING, "", token)
         while True:
-            kind, _, payload = self.recv()
-            if kind == PONG and payload == token:
+            frame = self._recv_frame()
+            if frame[0] == PONG and frame[2] == token:
                 return
+            self.pending.append(frame)
 
     def messages(self):
         while True:

@@ -169,6 +169,11 @@ int portFromLine(const std::string& line) {
 }
 
 HttpResponse httpGet(int port, const std::string& path, std::chrono::milliseconds timeout) {
+  return httpRequest(port, "GET", path, "", timeout);
+}
+
+HttpResponse httpRequest(int port, const std::string& method, const std::string& path, const std::string& extra_headers,
+                         std::chrono::milliseconds timeout) {
   HttpResponse r;
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -179,7 +184,8 @@ HttpResponse httpGet(int port, const std::string& path, std::chrono::millisecond
     ::close(fd);
     return r;
   }
-  std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + extra_headers +
+                    (method == "GET" ? "" : "Content-Length: 0\r\n") + "\r\n";
   ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
   std::string resp;
   auto end = std::chrono::steady_clock::now() + timeout;

@@ -64,6 +64,9 @@ struct HttpResponse {
   std::string body;
 };
 HttpResponse httpGet(int port, const std::string& path, std::chrono::milliseconds timeout = 5s);
+// Any method; extra_headers are whole "Name: value\r\n" lines.
+HttpResponse httpRequest(int port, const std::string& method, const std::string& path,
+                         const std::string& extra_headers = "", std::chrono::milliseconds timeout = 5s);
 
 // Parses "... listening on 127.0.0.1:PORT ..." out of a log line; 0 if absent.
 int portFromLine(const std::string& line);

@@ -121,6 +121,9 @@ AdminViews AdminServer::viewsOf(Gateway& gw) {
       [&gw] { return gw.finsJson(); },
       [&gw] { return gw.deadLettersJson(); },
       [&gw] { return gw.endpointsJson(); },
+      [&gw](uint64_t id, std::string& why) { return gw.router().retryDeadLetter(id, why); },
+      [&gw](uint64_t id) { return gw.router().deadLetters().drop(id); },
+      [&gw] { return gw.router().deadLetters().dropAll(); },
   };
 }
 
@@ -231,6 +234,62 @@ void AdminServer::start() {
   });
   s.Get("/v1/dead-letters", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(redactText(views_.dead_letters()), "application/json");
+  });
+  // POST /v1/dead-letters/{id}/retry: routed again from where it came (a static route's copy is
+  // published to its target again); DELETE /v1/dead-letters/{id} drops one, DELETE
+  // /v1/dead-letters drops every stored one (the counters stay).
+  auto idOf = [](const std::string& text, uint64_t& id) {
+    if (text.empty() || text.size() > 19) return false;
+    id = 0;
+    for (char c : text) {
+      if (c < '0' || c > '9') return false;
+      id = id * 10 + static_cast<uint64_t>(c - '0');
+    }
+    return true;
+  };
+  // A browser page elsewhere may send a "simple" cross-site POST/DELETE to a loopback port: a
+  // request that changes something and carries a foreign Origin is refused (CSRF).
+  auto crossSite = [this](const httplib::Request& req, httplib::Response& res) {
+    if (!req.has_header("Origin")) return false;
+    std::string o = req.get_header_value("Origin");
+    std::string p = std::to_string(port_);
+    for (const char* h : {"http://127.0.0.1:", "http://localhost:", "http://[::1]:"})
+      if (o == h + p) return false;
+    res.status = 403;
+    res.set_content("forbidden: cross-site request (Origin " + o.substr(0, 100) + ")\n", "text/plain");
+    return true;
+  };
+  s.Post(R"(/v1/dead-letters/([^/]+)/retry)", [this, idOf, crossSite](const httplib::Request& req, httplib::Response& res) {
+    uint64_t id;
+    std::string why;
+    if (crossSite(req, res)) return;
+    if (!idOf(req.matches[1], id)) {
+      res.status = 400;
+      res.set_content("{\"error\":\"the dead letter id is a decimal number\"}\n", "application/json");
+    } else if (!views_.retry_dead_letter || !views_.retry_dead_letter(id, why)) {
+      res.status = 404;
+      std::string j = "{\"error\":\"";
+      for (char c : why) j += (c == '"' || c == '\\') ? '\'' : c;
+      res.set_content(j + "\"}\n", "application/json");
+    } else {
+      res.status = 202;
+      res.set_content("{\"retried\":" + std::to_string(id) + "}\n", "application/json");
+    }
+  });
+  s.Delete(R"(/v1/dead-letters/([^/]+))", [this, idOf, crossSite](const httplib::Request& req, httplib::Response& res) {
+    uint64_t id;
+    if (crossSite(req, res)) return;
+    if (!idOf(req.matches[1], id) || !views_.drop_dead_letter || !views_.drop_dead_letter(id)) {
+      res.status = 404;
+      res.set_content("{\"error\":\"no such dead letter\"}\n", "application/json");
+      return;
+    }
+    res.set_content("{\"dropped\":1}\n", "application/json");
+  });
+  s.Delete("/v1/dead-letters", [this, crossSite](const httplib::Request& req, httplib::Response& res) {
+    if (crossSite(req, res)) return;
+    size_t n = views_.drop_dead_letters ? views_.drop_dead_letters() : 0;
+    res.set_content("{\"dropped\":" + std::to_string(n) + "}\n", "application/json");
   });
   s.Get("/v1/endpoints", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(redactText(views_.endpoints()), "application/json");

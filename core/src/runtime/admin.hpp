@@ -29,6 +29,10 @@ struct AdminViews {
   std::function<std::string()> fins;
   std::function<std::string()> dead_letters;
   std::function<std::string()> endpoints;
+  // Dead-letter actions: re-publish one (true, or false with why), drop one, drop all.
+  std::function<bool(uint64_t id, std::string& why)> retry_dead_letter;
+  std::function<bool(uint64_t id)> drop_dead_letter;
+  std::function<size_t()> drop_dead_letters;
 };
 
 class AdminServer {

@@ -607,7 +607,8 @@ std::string Gateway::finsJson() const {
 
 std::string Gateway::deadLettersJson() const {
   auto& dl = router_->deadLetters();
-  std::string j = "{\"total\":" + std::to_string(dl.total()) + ",\"by_reason\":{";
+  std::string j = "{\"total\":" + std::to_string(dl.total()) + ",\"stored_bytes\":" + std::to_string(dl.bytes()) +
+                  ",\"evicted\":" + std::to_string(dl.evicted()) + ",\"by_reason\":{";
   bool first = true;
   for (auto& [r, n] : dl.countsByReason()) {
     if (!first) j += ',';
@@ -620,7 +621,7 @@ std::string Gateway::deadLettersJson() const {
   for (auto& d : dl.snapshot()) {
     if (!first) j += ',';
     first = false;
-    j += "{\"time_ms\":" + std::to_string(d.time_ms) + ",\"endpoint\":";
+    j += "{\"id\":" + std::to_string(d.id) + ",\"time_ms\":" + std::to_string(d.time_ms) + ",\"endpoint\":";
     jstr(j, d.endpoint);
     j += ",\"topic\":";
     jstr(j, validUtf8(d.topic) ? d.topic : base64(d.topic));
@@ -630,6 +631,10 @@ std::string Gateway::deadLettersJson() const {
     std::string detail = redactText(d.detail);
     jstr(j, validUtf8(detail) ? detail : base64(detail));
     j += ",\"payload_bytes\":" + std::to_string(d.payload_bytes);
+    if (!d.target.empty()) {
+      j += ",\"target\":";
+      jstr(j, d.target);
+    }
     // Shown redacted (credentials of commands, secret-named keys, URL user-info); the stored
     // message stays whole.
     std::string payload = redactText(redactJsonSecrets(d.payload));

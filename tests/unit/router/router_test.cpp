@@ -318,6 +318,68 @@ TEST_F(RouterTest, SubscribeAuthorizationOnFinsEndpoint) {
   EXPECT_EQ(router->authorizeSubscribe("orch", 8, "#", why), FG_OK);
 }
 
+// Issue 8 item 2: on a fins endpoint, `soarca` carries only what the sender may say.
+TEST_F(RouterTest, FinsSideSenderMayNotSpeakForOthersOnSoarca) {
+  registerA(7);
+  fins.take();
+  auto toOrch = [&] { return orch.take().size(); };
+  // A never-registered client: "unregister all" would shut down every fin behind SOARCA.
+  router->route("fins", env("soarca", vectorBytes("11-a-unregister-all.json"), 99));
+  EXPECT_EQ(toOrch(), 0u);
+  auto back = fins.take();
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].session, 99u);
+  EXPECT_NE(back[0].payload.find("\"nack\""), std::string::npos);
+  // Not even the registered fin may unregister all.
+  router->route("fins", env("soarca", vectorBytes("11-a-unregister-all.json"), 7));
+  EXPECT_EQ(toOrch(), 0u);
+  // An unregister of ids the sender does not own.
+  router->route("fins", env("soarca", vectorBytes("10-a-unregister.json"), 99));
+  EXPECT_EQ(toOrch(), 0u);
+  // Its own capability: forwarded.
+  router->route("fins", env("soarca", vectorBytes("10-a-unregister.json"), 7));
+  EXPECT_EQ(toOrch(), 1u);
+  // An ack of a message nobody delivered to it.
+  router->route("fins", env("soarca", fin::makeAck("ad9d96c6-0000-0000-0000-000000000000"), 7));
+  EXPECT_EQ(toOrch(), 0u);
+  // A command or a result on `soarca` from the fins side.
+  router->route("fins", env("soarca", kCommand, 7));
+  router->route("fins", env("soarca", kResult, 7));
+  EXPECT_EQ(toOrch(), 0u);
+  EXPECT_EQ(router->deadLetters().countsByReason()["not_allowed"], 6u);
+  // The ack of SOARCA's broadcast (delivered to this endpoint) passes.
+  router->route("orch", env("soarca", vectorBytes("11-a-unregister-all.json")));
+  fins.take();
+  router->route("fins", env("soarca", fin::makeAck("ae7a25e6-e6f0-11f1-a29b-02fc00000001"), 7));
+  EXPECT_EQ(toOrch(), 1u);
+}
+
+TEST(RouterIds, DollarIdsAreRefused) {
+  Registry registry;
+  Router router(registry, 100);
+  fingate::test::RecordingOutput orch, fins;
+  auto o = std::make_shared<RouterEndpoint>();
+  o->name = "orch";
+  o->role = Role::Orchestrator;
+  o->out = &orch;
+  auto f = std::make_shared<RouterEndpoint>();
+  f->name = "fins";
+  f->role = Role::Fins;
+  f->out = &fins;
+  f->sessions = true;
+  router.setEndpoints({o, f});
+  std::string reg = kRegister;
+  reg.replace(reg.find(kCap), kCap.size(), "$SYS/broker/load");
+  Envelope e;
+  e.topic = "soarca";
+  e.assignPayload(reg);
+  e.session = 1;
+  router.route("fins", std::move(e));
+  EXPECT_FALSE(registry.lookup("$SYS/broker/load"));
+  EXPECT_FALSE(orch.subscribed("$SYS/broker/load"));
+  EXPECT_EQ(router.deadLetters().countsByReason()["invalid_id"], 1u);
+}
+
 TEST(RegistryState, BindingsSurviveARestart) {
   std::string dir = fingate::test::tempDir("registry-state");
   std::string file = dir + "/bindings.json";
