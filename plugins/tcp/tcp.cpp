@@ -817,10 +817,11 @@ void Conn::protocolError(std::string_view error, const std::string& detail) {
   closeAfterFlush(std::string(error), true);
 }
 
-// The connection stops being usable for new work (it is closing).
+// The connection stops being usable for new work (it is closing). Its unfinished input no
+// longer counts; the buffer itself is dropped by the next startRead() (never here: a read in
+// progress may still be filling it).
 void Conn::leaveOpen() {
   disarmFrameTimer();
-  rbuf_.clear();
   next_frame_size_ = 0;
   owner_.onLeftOpen(*this);
 }
@@ -876,7 +877,7 @@ void Conn::close(const std::string& reason) {
   retry_timer_.cancel();
   frame_timer_.cancel();
   close_timer_.cancel();
-  rbuf_.clear();
+  if (!reading_) rbuf_.clear();  // else the read's handler still owns the window (freed with the Conn)
   out_bytes_ = 0;
   std::deque<OutFrame> unsent = outq_.takeAll();
   for (auto& f : unsent) state_->bytes.fetch_sub(f.bytes.size);

@@ -241,6 +241,7 @@ class Router {
   void send(RouterEndpoint& dst, OutMessage&& m, const std::string& src_name);
   void sendTo(const EndpointList& eps, const std::string& dst, OutMessage&& m, const std::string& src_name);
   OutMessage copyOut(const Envelope& m, std::string topic, uint64_t session, const std::string& src_name) const;
+  OutMessage moveOut(Envelope& m, uint64_t session, const std::string& src_name) const;  // same topic, m emptied
   // Dead-letters m (refused by the rules); nacks it back to its sender when its message_id was readable.
   void reject(RouterEndpoint& src, const Envelope& m, const std::string& reason, const std::string& detail,
               const fin::Routing* r, const std::string& nack_topic = "");
@@ -311,6 +312,7 @@ class Router {
   std::unordered_map<std::string, uint64_t> pending_topics_;  // fin/capability id -> pending id
   std::unordered_map<uint64_t, std::vector<uint64_t>> waiters_;  // sub id -> pending ids
   uint64_t next_pending_ = 1;
+  std::atomic<size_t> pending_count_{0};  // pending_.size(), read without the lock
 
   std::mutex backlog_mu_;
   std::unordered_map<std::string, std::deque<Backlogged>> backlog_;  // fin id -> commands

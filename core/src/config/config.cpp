@@ -3,6 +3,7 @@
 #include <fingate/config.hpp>
 #include <fingate/topic.hpp>
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <cstdio>
 #include <map>
+#include <sstream>
 #include <string_view>
 
 namespace fingate {
@@ -113,17 +115,16 @@ class Parser {
   explicit Parser(std::string file) : file_(std::move(file)) {}
 
   Config parse(const std::string& text) {
-    std::vector<YAML::Node> docs;
+    YAML::Node first;
     try {
-      docs = YAML::LoadAll(text);
+      checkOneDocument(text);
+      first = YAML::Load(text);
     } catch (const YAML::Exception& e) {
       fail(e.mark, "YAML syntax error: " + e.msg);
     }
-    if (docs.size() > 1)
-      fail(docs[1].Mark(), "expected one YAML document, found more than one (remove the '---')");
-    if (docs.empty() || docs[0].IsNull())
+    if (first.IsNull())
       throw ConfigError(file_, Mark{}, "the file is empty: expected a map with at least 'endpoints'");
-    const YAML::Node& root = docs[0];
+    const YAML::Node& root = first;
     if (!root.IsMap()) fail(root.Mark(), "expected a map of settings at the top level, got " + describe(root));
 
     Config cfg;
@@ -179,6 +180,61 @@ class Parser {
 
   [[noreturn]] void fail(const YAML::Mark& m, const std::string& message) const {
     throw ConfigError(file_, toMark(m), message);
+  }
+
+  // Counts the documents of a stream, at most two, and where each starts and has content.
+  struct DocumentCounter : YAML::EventHandler {
+    int documents = 0;
+    bool content = false;
+    YAML::Mark start, content_mark;
+    void OnDocumentStart(const YAML::Mark& m) override {
+      ++documents;
+      start = m;
+      content = false;
+    }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void seen(const YAML::Mark& m) {
+      if (!content) content_mark = m;
+      content = true;
+    }
+    void OnAlias(const YAML::Mark& m, YAML::anchor_t) override { seen(m); }
+    void OnScalar(const YAML::Mark& m, const std::string&, YAML::anchor_t, const std::string&) override { seen(m); }
+    void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+      seen(m);
+    }
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+      seen(m);
+    }
+    void OnMapEnd() override {}
+  };
+
+  // One YAML document, not more. (Not YAML::LoadAll: yaml-cpp 0.7 never consumes a stray ','
+  // at the top level, and LoadAll then yields empty documents forever -- found by
+  // tests/fuzz/config_fuzz.cpp. Two documents at most are read here.)
+  void checkOneDocument(const std::string& text) const {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentCounter c;
+    if (!parser.HandleNextDocument(c)) return;
+    YAML::Mark first_start = c.start;
+    if (!parser.HandleNextDocument(c)) return;
+    if (c.content) fail(c.content_mark, "expected one YAML document, found more than one (remove the '---')");
+    // An empty second document: a '---' (or '...') with nothing after it, or a token the parser
+    // cannot place and never consumes (a ',' outside [ ] and { }).
+    size_t at = offsetOf(text, c.start);
+    bool marker = at < text.size() && (text.compare(at, 3, "---") == 0 || text.compare(at, 3, "...") == 0);
+    if (marker && !(c.start.line == first_start.line && c.start.column == first_start.column))
+      fail(c.start, "expected one YAML document, found more than one (remove the '---')");
+    std::string what = at < text.size() ? "'" + std::string(1, text[at]) + "'" : "end of file";
+    fail(c.start, "YAML syntax error: unexpected " + what + (what == "','" ? " (a ',' separates items inside [ ] or { })" : ""));
+  }
+
+  // The byte offset of a yaml-cpp mark (0-based line and column) in text.
+  static size_t offsetOf(const std::string& text, const YAML::Mark& m) {
+    if (m.pos >= 0 && static_cast<size_t>(m.pos) <= text.size()) return static_cast<size_t>(m.pos);
+    return text.size();
   }
 
   static std::string child(const std::string& path, const std::string& key) {

@@ -401,6 +401,23 @@ void Router::unsubscribeBindings(const std::vector<FinBinding>& removed) {
 
 // ---- sending, outcomes, dead letters ---------------------------------------------------------
 
+OutMessage Router::moveOut(Envelope& m, uint64_t session, const std::string& src_name) const {
+  OutMessage o;
+  o.topic = m.topic;
+  o.payload = std::move(m.payload);
+  o.headers = std::move(m.headers);
+  o.session = session;
+  o.timestamp_ms = m.timestamp_ms;
+  o.ingress_ns = m.ingress_ns;
+  o.origin = src_name;
+  o.origin_session = m.session;
+  if (m.tracker) {
+    o.tracker = std::move(m.tracker);
+    o.tracker->copyAdded();
+  }
+  return o;
+}
+
 OutMessage Router::copyOut(const Envelope& m, std::string topic, uint64_t session, const std::string& src_name) const {
   OutMessage o;
   o.topic = std::move(topic);
@@ -796,6 +813,7 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
       for (auto& t : p.topics) pending_topics_[t] = p.id;
       counters_.registers_waiting++;
       pending_.emplace(p.id, std::move(p));
+      pending_count_.store(pending_.size(), std::memory_order_release);
       return;
     }
   }
@@ -815,6 +833,7 @@ void Router::forwardRegister(const EndpointList& eps, const std::string& src_nam
 }
 
 bool Router::parkFollower(const std::string& src, Envelope& m) {
+  if (pending_count_.load(std::memory_order_acquire) == 0) return false;  // the common case: no lock
   std::lock_guard lk(pend_mu_);
   if (pending_topics_.empty()) return false;
   auto it = pending_topics_.find(m.topic);
@@ -839,6 +858,7 @@ void Router::resumePending(uint64_t id, bool timed_out) {
     if (it == pending_.end()) return;
     p = std::move(it->second);
     pending_.erase(it);
+    pending_count_.store(pending_.size(), std::memory_order_release);
     for (auto& t : p.topics) {
       auto pt = pending_topics_.find(t);
       if (pt != pending_topics_.end() && pt->second == id) pending_topics_.erase(pt);
@@ -1029,23 +1049,26 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
       return Outcome::Done;
     }
   }
-  // To the fin that owns the topic, on its own session.
-  OutMessage out = copyOut(m, m.topic, session, src.name);
+  // To the fin that owns the topic, on its own session. The envelope's last use: moved, not copied.
+  fin::RepairStats st;
+  std::string repaired;
+  const bool repair = r.type == fin::MsgType::Command && dst && dst->compat_python_fin &&
+                      fin::repairCommandForPythonFin(m.payload, repaired, st);
+  const std::string owner_ep = owner->endpoint;
+  OutMessage out = moveOut(m, session, src.name);
   if (r.type == fin::MsgType::Command) {
     if (r.message_id_readable) {
       out.nack_id = r.message_id;
       out.nack_endpoint = src.name;
-      out.nack_topic = m.topic;
+      out.nack_topic = out.topic;
     }
-    fin::RepairStats st;
-    std::string repaired;
-    if (dst && dst->compat_python_fin && fin::repairCommandForPythonFin(m.payload, repaired, st)) {
+    if (repair) {
       out.payload = std::move(repaired);
       counters_.compat_auth_removed += static_cast<uint64_t>(st.auth_removed);
       counters_.compat_variables_completed += static_cast<uint64_t>(st.variables_completed);
     }
   }
-  sendTo(eps, owner->endpoint, std::move(out), src.name);
+  sendTo(eps, owner_ep, std::move(out), src.name);
   return Outcome::Done;
 }
 

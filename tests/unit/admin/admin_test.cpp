@@ -82,6 +82,9 @@ AdminViews stubViews(std::atomic<bool>* ready = nullptr) {
       [] { return std::string("{\"fins\":[]}\n"); },
       [] { return std::string("{\"dead_letters\":[]}\n"); },
       [] { return std::string("{\"endpoints\":[{\"detail\":\"via tcp://u:pw-in-detail@h:1\"}]}\n"); },
+      {},
+      {},
+      {},
   };
 }
 

@@ -177,3 +177,18 @@ endpoints:
   EXPECT_EQ(check("admin: { listen: \"\" }\nendpoints:\n  s: { plugin: http, role: fins, webhook: \"https://h/x@y\" }\n"), "");
   EXPECT_EQ(check("admin: { listen: \"\" }\nendpoints:\n  s: { plugin: mqtt, role: orchestrator, url: tcp://h:1883 }\n"), "");
 }
+
+// Found by tests/fuzz/config_fuzz.cpp: yaml-cpp 0.7's LoadAll never returned on a stray ','
+// at the top level (an endless stream of empty documents). Now a syntax error at the ','.
+// (The inputs are also kept in tests/fuzz/crashes/config.)
+TEST(ConfigYaml, StrayCommaIsASyntaxErrorNotAHang) {
+  EXPECT_EQ(parseError(","), "1:1: YAML syntax error: unexpected ',' (a ',' separates items inside [ ] or { })");
+  EXPECT_EQ(parseError("endpoints:\n  a: { plugin: loopback, role: fins }\n,\n"),
+            "3:1: YAML syntax error: unexpected ',' (a ',' separates items inside [ ] or { })");
+  EXPECT_EQ(parseError("- a\n,"), "2:1: YAML syntax error: unexpected ',' (a ',' separates items inside [ ] or { })");
+  // Still: two documents, an empty second one, and the end marker alone.
+  EXPECT_EQ(parseError("endpoints:\n  a: { plugin: loopback, role: fins }\n---\n"),
+            "3:1: expected one YAML document, found more than one (remove the '---')");
+  EXPECT_EQ(parseError("endpoints:\n  a: { plugin: loopback, role: fins }\n...\n"), "");
+  EXPECT_EQ(parseError("# only a comment\n"), "0:0: the file is empty: expected a map with at least 'endpoints'");
+}
