@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <unordered_map>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -108,6 +109,10 @@ class Registry {
   mutable std::mutex mu_;
   std::map<std::string, Ptr> fins_;             // fin_id -> binding (replaced, never changed in place)
   std::map<std::string, std::string> by_topic_;  // fin id / capability id -> fin_id
+  // Fins per endpoint and per live (endpoint, session): kept counted for the limits.
+  void account(const FinBinding& b, int delta);
+  std::unordered_map<std::string, size_t> per_endpoint_;
+  std::map<std::pair<std::string, uint64_t>, size_t> per_session_;
   RegistryLimits limits_;
   std::string state_file_;
   uint32_t delay_ms_ = 100;

