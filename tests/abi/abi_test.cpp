@@ -16,6 +16,28 @@ std::string loadError(const std::string& file, const std::string& expected_name)
   return "";
 }
 
+// ABI 1.1 is append-only: a plugin built against 1.0 loads and works, and the host reads nothing
+// past its struct_size (the loader copies the descriptor into a zeroed one of its own).
+TEST(Abi, AVersion10PluginStillLoadsAndWorks) {
+  auto lib = PluginLibrary::load(std::string(BAD_PLUGINS_DIR) + "/libfingate-v10.so", "v10");
+  EXPECT_EQ(lib->descriptor().ack, nullptr);
+  EXPECT_EQ(lib->descriptor().close_session, nullptr);
+  fingate::test::RecordingHost host;
+  PluginInstance inst(lib, host, {});
+  EXPECT_FALSE(inst.hasAck());
+  EXPECT_FALSE(inst.canCloseSession());
+  inst.ack(1, FG_OUTCOME_DELIVERED);  // a no-op, not a call into garbage
+  EXPECT_EQ(inst.closeSession(1, "x"), FG_ERR_UNSUPPORTED);
+  ASSERT_EQ(inst.start(), FG_OK);
+  fg_message m{{"t", 1}, {"p", 1}, nullptr, 0, 0, 0};
+  ASSERT_EQ(inst.publish(m, 0), FG_OK);
+  auto got = host.next(std::chrono::seconds(1));
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->payload, "p");
+  EXPECT_EQ(got->token, 0u);  // untracked: the 1.0 on_message
+  inst.stop(100);
+}
+
 TEST(Abi, OtherMajorVersionIsRefused) {
   auto e = loadError("bad_major", "bad_major");
   EXPECT_NE(e.find("built for ABI major 2, host has 1"), std::string::npos) << e;
