@@ -23,8 +23,10 @@
 //   Phases: a probe (until a command comes through), a warm-up of 20000 (not reported; its rate
 //   sizes the next phase to about --tp-seconds, at most --max-messages), then
 //   * throughput: that many commands as fast as the pipe takes them, with at most --window
-//     commands sent and not yet received (keeps fingate's per-connection outbound buffer,
-//     8 MiB by default, from overflowing into a "slow consumer" close); O batches up to 32
+//     (1000) commands sent and not yet received, ~1 MB in flight: enough to saturate, and within
+//     what the gateway holds for one session (before the core rewrite: an 8 MiB outbound buffer
+//     per connection; after it: a per-session queue of 1024 messages, beyond which commands
+//     are dead-lettered and nacked, which this harness counts as lost); O batches up to 32
 //     frames per write(). msg/s = received / (last receipt - first send);
 //   * latency: a paced sender at --rate-fraction (0.5) x the throughput just measured for the
 //     same target, for --seconds; each command carries its send time (steady clock ns, O and F
@@ -327,7 +329,7 @@ struct Options {
   double rate_fraction = 0.5;
   double common_rate = 10000;  // a second paced phase at the same rate for every target (0: off)
   size_t payload = 1024;
-  size_t window = 4000;
+  size_t window = 1000;
   int repeat = 1;
   bool keep_logs = false;
 };

@@ -85,7 +85,7 @@ struct Limits {
   uint32_t echo_window_entries = 65536;      // own publishes remembered for echo suppression
   uint32_t pending_registers = 1024;         // registers waiting for their subscriptions
   uint32_t pending_followers = 1024;         // messages parked behind one waiting register
-  uint32_t session_queue_messages = 1024;    // per-session outbound queue (session transports)
+  uint32_t session_queue_messages = 8192;    // per-session outbound queue (session transports)
   uint64_t session_queue_bytes = 8u << 20;   // ... and its bytes
   uint32_t slow_consumer_grace_ms = 5000;    // a session whose queue stays full this long is closed
   uint64_t dead_letter_bytes = 64u << 20;    // payload bytes the dead-letter store keeps in total
