@@ -117,7 +117,7 @@ struct OutMessage {
   // A command whose delivery fails is nacked: its message_id, and where the nack goes.
   std::string nack_id;
   std::string nack_endpoint;
-  std::string nack_topic;
+  std::string nack_topic;  // empty: the message's own topic
   bool static_copy = false;  // made by a static route (a retry re-publishes it to its target)
   bool nack_on_failure() const { return !nack_id.empty(); }
   void settle(fg_outcome o) {

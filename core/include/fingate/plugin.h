@@ -191,8 +191,9 @@ typedef struct fg_event {
 #define FG_CAP_NO_LOCAL (1u << 1)   /* never delivers back what this instance published: the
                                        host needs no echo window for it */
 #define FG_CAP_DELIVERY (1u << 2)   /* calls on_delivery for every publish with delivery_id != 0 */
-#define FG_CAP_SUBSCRIBE_ACK (1u << 3) /* reports FG_STATE_SUBSCRIBED when a subscription is
-                                          confirmed; the host then waits for it (bounded) */
+#define FG_CAP_SUBSCRIBE_ACK (1u << 3) /* settles each subscription later: FG_EVENT_SUBSCRIPTION
+                                          (1.1: confirmed or refused) or FG_STATE_SUBSCRIBED (1.0:
+                                          confirmed); a register is parked until then (bounded) */
 
 /* ---- host API: what the host offers a plugin instance -------------------------------- */
 

@@ -485,7 +485,8 @@ void Router::deliveryFailed(const std::string& endpoint, OutMessage&& m, const s
     spdlog::warn("dead letter for {} topic '{}': {} ({})", endpoint, m.topic.substr(0, 200), reason, detail);
   dead_letters_.add(std::move(d));
   // A command SOARCA sent and no fin will see: fail the step now rather than at its timeout.
-  if (m.nack_on_failure()) sendNack(m.nack_endpoint, m.nack_topic, m.origin_session, m.nack_id);
+  if (m.nack_on_failure())
+    sendNack(m.nack_endpoint, m.nack_topic.empty() ? m.topic : m.nack_topic, m.origin_session, m.nack_id);
   m.settle(FG_OUTCOME_DEAD_LETTERED);
 }
 
@@ -1060,7 +1061,7 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
     if (r.message_id_readable) {
       out.nack_id = r.message_id;
       out.nack_endpoint = src.name;
-      out.nack_topic = out.topic;
+      // nack_topic stays empty: the nack goes on the command's own topic.
     }
     if (repair) {
       out.payload = std::move(repaired);
