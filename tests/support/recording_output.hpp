@@ -91,4 +91,15 @@ class RecordingOutput : public RouterOutput {
   std::function<void(std::string)> log_;
 };
 
+// A router endpoint named `name` with `role` that sends to `out`.
+inline std::shared_ptr<RouterEndpoint> routerEndpoint(const std::string& name, Role role, RouterOutput& out,
+                                                      bool sessions = false) {
+  auto e = std::make_shared<RouterEndpoint>();
+  e->name = name;
+  e->role = role;
+  e->out = &out;
+  e->sessions = sessions;
+  return e;
+}
+
 }  // namespace fingate::test

@@ -58,13 +58,7 @@ class BoundedQueue {
   std::optional<T> popFor(std::chrono::milliseconds wait) {
     std::unique_lock lk(mu_);
     if (!not_empty_.wait_for(lk, wait, [&] { return closed_ || !items_.empty(); })) return std::nullopt;
-    if (items_.empty()) return std::nullopt;
-    T v = std::move(items_.front());
-    items_.pop_front();
-    busy_ = true;
-    lk.unlock();
-    not_full_.notify_one();
-    return v;
+    return takeFront(lk);
   }
   // An item if one is there (after close too: to settle what was left).
   std::optional<T> tryPop() {
@@ -78,13 +72,7 @@ class BoundedQueue {
   std::optional<T> pop() {
     std::unique_lock lk(mu_);
     not_empty_.wait(lk, [&] { return closed_ || !items_.empty(); });
-    if (items_.empty()) return std::nullopt;
-    T v = std::move(items_.front());
-    items_.pop_front();
-    busy_ = true;
-    lk.unlock();
-    not_full_.notify_one();
-    return v;
+    return takeFront(lk);
   }
   // The consumer finished the item it popped (for drain()).
   void done() {
@@ -118,6 +106,16 @@ class BoundedQueue {
   size_t capacity() const { return capacity_; }
 
  private:
+  // The consumer takes the first item (lk held, released here); nullopt when empty (closed).
+  std::optional<T> takeFront(std::unique_lock<std::mutex>& lk) {
+    if (items_.empty()) return std::nullopt;
+    T v = std::move(items_.front());
+    items_.pop_front();
+    busy_ = true;
+    lk.unlock();
+    not_full_.notify_one();
+    return v;
+  }
   const size_t capacity_;
   mutable std::mutex mu_;
   std::condition_variable not_empty_, not_full_, idle_;

@@ -358,16 +358,8 @@ TEST(RouterIds, DollarIdsAreRefused) {
   Registry registry;
   Router router(registry, 100);
   fingate::test::RecordingOutput orch, fins;
-  auto o = std::make_shared<RouterEndpoint>();
-  o->name = "orch";
-  o->role = Role::Orchestrator;
-  o->out = &orch;
-  auto f = std::make_shared<RouterEndpoint>();
-  f->name = "fins";
-  f->role = Role::Fins;
-  f->out = &fins;
-  f->sessions = true;
-  router.setEndpoints({o, f});
+  router.setEndpoints({fingate::test::routerEndpoint("orch", Role::Orchestrator, orch),
+                       fingate::test::routerEndpoint("fins", Role::Fins, fins, true)});
   std::string reg = kRegister;
   reg.replace(reg.find(kCap), kCap.size(), "$SYS/broker/load");
   Envelope e;
@@ -420,16 +412,8 @@ TEST(RegistryState, BindingsSurviveARestart) {
   EventLog log;
   TestOutput orch("orch", log), fins("fins", log);
   Router router(r2, 10);
-  auto o = std::make_shared<RouterEndpoint>();
-  o->name = "orch";
-  o->role = Role::Orchestrator;
-  o->out = &orch;
-  auto f = std::make_shared<RouterEndpoint>();
-  f->name = "fins";
-  f->role = Role::Fins;
-  f->out = &fins;
-  f->sessions = true;
-  router.setEndpoints({o, f});
+  router.setEndpoints({fingate::test::routerEndpoint("orch", Role::Orchestrator, orch),
+                       fingate::test::routerEndpoint("fins", Role::Fins, fins, true)});
   router.subscribeBase();
   EXPECT_TRUE(orch.subscribed("cap-1"));
   // A session transport: nothing goes to "whichever connection subscribes" — the command waits

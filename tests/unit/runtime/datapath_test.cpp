@@ -210,15 +210,8 @@ TEST(Register, ConcurrentRegistersOfOneCapabilityExactlyOneWinsTheOtherIsNacked)
   Router router(registry, 100000);
   RecordingOutput orch, e1, e2;
   orch.no_local = e1.no_local = e2.no_local = true;
-  auto mk = [](const std::string& n, Role r, RecordingOutput& o) {
-    auto e = std::make_shared<RouterEndpoint>();
-    e->name = n;
-    e->role = r;
-    e->out = &o;
-    e->sessions = r == Role::Fins;
-    return e;
-  };
-  router.setEndpoints({mk("orch", Role::Orchestrator, orch), mk("e1", Role::Fins, e1), mk("e2", Role::Fins, e2)});
+  router.setEndpoints({routerEndpoint("orch", Role::Orchestrator, orch), routerEndpoint("e1", Role::Fins, e1, true),
+                       routerEndpoint("e2", Role::Fins, e2, true)});
   router.subscribeBase();
   auto variant = [](const std::string& fin, const std::string& cap) {
     std::string r = kRegister;
@@ -287,17 +280,9 @@ struct LimitRig {
   explicit LimitRig(const Limits& l, bool orch_confirms_later = false) {
     router = std::make_unique<Router>(registry, 1000, l);
     orch.no_local = fins.no_local = true;
-    auto o = std::make_shared<RouterEndpoint>();
-    o->name = "orch";
-    o->role = Role::Orchestrator;
-    o->out = &orch;
+    auto o = routerEndpoint("orch", Role::Orchestrator, orch);
     o->subscribe_ack = orch_confirms_later;
-    auto f = std::make_shared<RouterEndpoint>();
-    f->name = "fins";
-    f->role = Role::Fins;
-    f->out = &fins;
-    f->sessions = true;
-    router->setEndpoints({o, f});
+    router->setEndpoints({o, routerEndpoint("fins", Role::Fins, fins, true)});
     router->subscribeBase();
   }
   void reg(const std::string& payload, uint64_t session) {
