@@ -73,8 +73,8 @@ enum class Validation {
 void parseInto(ParseResult& out, const char* data, size_t len, size_t capacity,
                Validation validation = Validation::Routing) noexcept;
 
-// Id checks before an id becomes a topic: empty, "soarca", '+', '#', NUL or control
-// characters (C0, DEL, C1), invalid UTF-8, or over 1024 bytes are refused. Returns an empty
+// Id checks before an id becomes a topic: empty, "soarca", a leading '$' (broker system topics),
+// '+', '#', NUL or control characters (C0, DEL, C1), invalid UTF-8, or over 1024 bytes are refused. Returns an empty
 // string when valid, else why.
 std::string validateId(std::string_view id);
 
