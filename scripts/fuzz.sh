@@ -12,6 +12,8 @@
 # (-runs=N instead of a time limit, for a run of a fixed number of executions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# ccache: paths relative to the checkout, so another clone (CI) reuses this machine's cache.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}" CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-1}"
 secs=${1:-30}
 shift || true
 
