@@ -133,8 +133,7 @@ void Endpoint::stop(uint32_t timeout_ms) {
   }
   {
     std::lock_guard lk(inflight_mu_);
-    for (auto& [id, m] : inflight_) left.push_back(std::move(m));
-    inflight_.clear();
+    inflight_.drain([&](OutMessage&& m) { left.push_back(std::move(m)); });
   }
   for (auto& m : left) failed(std::move(m), "endpoint_stopped", "endpoint " + cfg_.name + " stopped before delivery");
   while (auto item = inbound_.tryPop()) {
@@ -189,7 +188,7 @@ fg_status Endpoint::publishOnce(OutMessage& m) {
   OutMessage* src = &m;
   if (tracksDelivery()) {
     std::lock_guard lk(inflight_mu_);
-    src = &inflight_.emplace(id, std::move(m)).first->second;
+    src = inflight_.put(id, std::move(m));
   }
   fg_header hs_small[4];
   std::vector<fg_header> hs_big;
@@ -211,11 +210,7 @@ fg_status Endpoint::publishOnce(OutMessage& m) {
   if (tracksDelivery()) {
     if (st != FG_OK) {  // refused: the plugin reports nothing for it; take it back
       std::lock_guard lk(inflight_mu_);
-      auto it = inflight_.find(id);
-      if (it != inflight_.end()) {
-        m = std::move(it->second);
-        inflight_.erase(it);
-      }
+      inflight_.take(id, m);
     }
   } else if (st == FG_OK) {
     stats_.delivered.fetch_add(1, std::memory_order_relaxed);
@@ -385,10 +380,6 @@ void Endpoint::log(fg_log_level level, std::string_view msg) {
 
 fg_status Endpoint::onMessage(uint64_t sub_id, const fg_message& msg, uint64_t token) {
   if (stopping_.load()) return FG_ERR_STATE;
-  if (inbound_.full()) {
-    stats_.backpressure.fetch_add(1, std::memory_order_relaxed);
-    return FG_RETRY;
-  }
   InItem item(Envelope::fromC(msg, sub_id));
   Envelope& e = std::get<Envelope>(item);
   e.ingress_ns = steadyNs();
@@ -412,10 +403,7 @@ void Endpoint::onDelivery(uint64_t delivery_id, fg_delivery status) {
   OutMessage m;
   {
     std::lock_guard lk(inflight_mu_);
-    auto it = inflight_.find(delivery_id);
-    if (it == inflight_.end()) return;  // unknown or already reported
-    m = std::move(it->second);
-    inflight_.erase(it);
+    if (!inflight_.take(delivery_id, m)) return;  // unknown or already reported
   }
   if (status == FG_DELIVERY_OK) {
     stats_.delivered.fetch_add(1, std::memory_order_relaxed);

@@ -55,6 +55,54 @@ struct EndpointStats {
   std::atomic<double> latency_sum{0};
 };
 
+// Copies handed to a FG_CAP_DELIVERY plugin and not reported yet, by delivery id. Ids are given
+// out in increasing order (under the endpoint's publish lock), so a deque indexed by
+// id - base holds them without an allocation per message; a reported slot is emptied and the
+// front trimmed. References to stored messages stay valid until they are taken.
+class InflightRing {
+ public:
+  OutMessage* put(uint64_t id, OutMessage&& m) {
+    if (slots_.empty()) base_ = id;
+    while (base_ + slots_.size() < id) slots_.emplace_back();  // ids used without tracking
+    slots_.emplace_back();
+    Slot& s = slots_.back();
+    s.live = true;
+    s.m = std::move(m);
+    ++live_;
+    return &s.m;
+  }
+  bool take(uint64_t id, OutMessage& out) {
+    if (id < base_ || id - base_ >= slots_.size()) return false;
+    Slot& s = slots_[id - base_];
+    if (!s.live) return false;
+    out = std::move(s.m);
+    s.live = false;
+    --live_;
+    while (!slots_.empty() && !slots_.front().live) {
+      slots_.pop_front();
+      ++base_;
+    }
+    return true;
+  }
+  bool empty() const { return live_ == 0; }
+  template <class F>
+  void drain(F&& f) {
+    for (auto& s : slots_)
+      if (s.live) f(std::move(s.m));
+    slots_.clear();
+    live_ = 0;
+  }
+
+ private:
+  struct Slot {
+    bool live = false;
+    OutMessage m;
+  };
+  std::deque<Slot> slots_;
+  uint64_t base_ = 0;
+  size_t live_ = 0;
+};
+
 class Endpoint final : public PluginHost,
                        public RouterOutput,
                        public OutcomeSink,
@@ -170,7 +218,7 @@ class Endpoint final : public PluginHost,
 
   // Copies handed to the plugin and not yet reported by on_delivery (FG_CAP_DELIVERY).
   std::mutex inflight_mu_;
-  std::unordered_map<uint64_t, OutMessage> inflight_;
+  InflightRing inflight_;
   std::atomic<uint64_t> next_delivery_{1};
 
   EndpointStats stats_;
