@@ -8,7 +8,8 @@
 # repository are never changed). A crash or a failed check stops the script (exit 1) and names
 # the reproducer under build-fuzz/fuzz-run/<name>/. One summary line per target at the end:
 # executions, executions/s, coverage (edges), corpus size.
-# Environment: FUZZ_JOBS (build jobs, default 2), FUZZ_MAX_LEN (libFuzzer -max_len), FUZZ_RUNS
+# Environment: FUZZ_JOBS (build jobs, default 2), FUZZ_MAX_LEN (libFuzzer -max_len), FUZZ_SEED
+# (libFuzzer -seed: the test command fixes it, so CI explores the same inputs each time), FUZZ_RUNS
 # (-runs=N instead of a time limit, for a run of a fixed number of executions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,7 @@ for t in "${targets[@]}"; do
   [[ -n ${FUZZ_RUNS:-} ]] && limit=(-runs="$FUZZ_RUNS")
   extra=()
   [[ -n ${FUZZ_MAX_LEN:-} ]] && extra+=(-max_len="$FUZZ_MAX_LEN")
+  [[ -n ${FUZZ_SEED:-} ]] && extra+=(-seed="$FUZZ_SEED")
   echo "fuzz.sh: $t: ${FUZZ_RUNS:+$FUZZ_RUNS runs}${FUZZ_RUNS:-$secs s} on $(ls "$run/corpus" | wc -l) seed(s)"
   if ! "$bin" "${limit[@]}" "${extra[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$run/" "$run/corpus" >"$run/fuzz.log" 2>&1; then
