@@ -22,17 +22,12 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_check.hpp"
+
 namespace fin = fingate::fin;
 
 namespace {
 
-#define CHECK(cond)                                                                   \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 bool sameRouting(const fin::Routing& a, const fin::Routing& b) {
   return a.type == b.type && a.message_id == b.message_id && a.message_id_readable == b.message_id_readable &&

@@ -16,15 +16,10 @@
 #include <cstdlib>
 #include <string>
 
+#include "fuzz_check.hpp"
+
 namespace {
 
-#define CHECK(cond)                                                                   \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 size_t lines(const std::string& s) {
   size_t n = 1;

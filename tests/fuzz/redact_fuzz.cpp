@@ -16,15 +16,10 @@
 
 #include "redact.hpp"
 
+#include "fuzz_check.hpp"
+
 namespace {
 
-#define CHECK(cond)                                                                   \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 size_t count(const std::string& s, char c) {
   size_t n = 0;

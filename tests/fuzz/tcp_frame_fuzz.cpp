@@ -23,17 +23,12 @@
 
 #include "frame.hpp"
 
+#include "fuzz_check.hpp"
+
 using namespace fingate::tcpframe;
 
 namespace {
 
-#define CHECK(cond)                                                                   \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 struct Seen {
   uint8_t kind;

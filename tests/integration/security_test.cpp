@@ -20,11 +20,7 @@ using namespace fingate::test;
 
 namespace {
 
-struct Resp {
-  int status = 0;
-  std::string head;
-  std::string body;
-};
+using Resp = fingate::test::HttpResponse;
 
 // A raw HTTP/1.1 GET with the given extra header lines (Host is always sent: 127.0.0.1:port
 // unless one is given).
@@ -32,37 +28,7 @@ Resp get(int port, const std::string& path, std::vector<std::string> headers = {
   bool has_host = false;
   for (auto& h : headers) has_host = has_host || h.rfind("Host:", 0) == 0;
   if (!has_host) headers.push_back("Host: 127.0.0.1:" + std::to_string(port));
-  Resp r;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return r;
-  }
-  std::string req = "GET " + path + " HTTP/1.1\r\n";
-  for (auto& h : headers) req += h + "\r\n";
-  req += "Connection: close\r\n\r\n";
-  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-  std::string resp;
-  auto end = std::chrono::steady_clock::now() + 5s;
-  while (std::chrono::steady_clock::now() < end) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    char buf[8192];
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    resp.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  if (resp.rfind("HTTP/1.", 0) != 0 || resp.size() < 12) return r;
-  r.status = std::stoi(resp.substr(9, 3));
-  auto split = resp.find("\r\n\r\n");
-  r.head = resp.substr(0, split);
-  if (split != std::string::npos) r.body = resp.substr(split + 4);
-  return r;
+  return httpExchange(port, "GET", path, headers);
 }
 
 // The real binary on a config written whole by the test (no header added), with its ports

@@ -174,6 +174,19 @@ HttpResponse httpGet(int port, const std::string& path, std::chrono::millisecond
 
 HttpResponse httpRequest(int port, const std::string& method, const std::string& path, const std::string& extra_headers,
                          std::chrono::milliseconds timeout) {
+  std::vector<std::string> headers{"Host: 127.0.0.1"};
+  for (size_t pos = 0; pos < extra_headers.size();) {
+    size_t eol = extra_headers.find("\r\n", pos);
+    if (eol == std::string::npos) eol = extra_headers.size();
+    if (eol > pos) headers.push_back(extra_headers.substr(pos, eol - pos));
+    pos = eol + 2;
+  }
+  if (method != "GET") headers.push_back("Content-Length: 0");
+  return httpExchange(port, method, path, headers, false, timeout);
+}
+
+HttpResponse httpExchange(int port, const std::string& method, const std::string& path,
+                          const std::vector<std::string>& headers, bool http10, std::chrono::milliseconds timeout) {
   HttpResponse r;
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -184,8 +197,9 @@ HttpResponse httpRequest(int port, const std::string& method, const std::string&
     ::close(fd);
     return r;
   }
-  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + extra_headers +
-                    (method == "GET" ? "" : "Content-Length: 0\r\n") + "\r\n";
+  std::string req = method + " " + path + (http10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");
+  for (auto& h : headers) req += h + "\r\n";
+  req += "Connection: close\r\n\r\n";
   ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
   std::string resp;
   auto end = std::chrono::steady_clock::now() + timeout;
@@ -201,11 +215,11 @@ HttpResponse httpRequest(int port, const std::string& method, const std::string&
   if (resp.rfind("HTTP/1.", 0) != 0 || resp.size() < 12) return r;
   r.status = std::stoi(resp.substr(9, 3));
   auto hdr_end = resp.find("\r\n\r\n");
+  r.head = resp.substr(0, hdr_end);
   if (hdr_end == std::string::npos) return r;
-  std::string headers = resp.substr(0, hdr_end);
   std::string body = resp.substr(hdr_end + 4);
   // Chunked bodies (httplib uses Content-Length for these endpoints, but be safe).
-  std::string lower = headers;
+  std::string lower = r.head;
   for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (lower.find("transfer-encoding: chunked") != std::string::npos) {
     std::string out;

@@ -60,13 +60,18 @@ class Process {
 
 // A plain HTTP/1.1 GET to 127.0.0.1:port (Connection: close). status 0 = no answer.
 struct HttpResponse {
-  int status = 0;
+  int status = 0;  // 0 = no answer (refused / closed)
+  std::string head;  // status line and headers
   std::string body;
 };
 HttpResponse httpGet(int port, const std::string& path, std::chrono::milliseconds timeout = 5s);
-// Any method; extra_headers are whole "Name: value\r\n" lines.
+// Any method; extra_headers are whole "Name: value\r\n" lines (Host: 127.0.0.1 is sent first).
 HttpResponse httpRequest(int port, const std::string& method, const std::string& path,
                          const std::string& extra_headers = "", std::chrono::milliseconds timeout = 5s);
+// One request with exactly these header lines (none added but Connection: close), HTTP/1.1 or 1.0.
+HttpResponse httpExchange(int port, const std::string& method, const std::string& path,
+                          const std::vector<std::string>& headers, bool http10 = false,
+                          std::chrono::milliseconds timeout = 5s);
 
 // Parses "... listening on 127.0.0.1:PORT ..." out of a log line; 0 if absent.
 int portFromLine(const std::string& line);

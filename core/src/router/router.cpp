@@ -401,20 +401,27 @@ void Router::unsubscribeBindings(const std::vector<FinBinding>& removed) {
 
 // ---- sending, outcomes, dead letters ---------------------------------------------------------
 
-OutMessage Router::moveOut(Envelope& m, uint64_t session, const std::string& src_name) const {
-  OutMessage o;
-  o.topic = m.topic;
-  o.payload = std::move(m.payload);
-  o.headers = std::move(m.headers);
+namespace {
+// What every copy of m carries besides its bytes: where it came from and its tracker.
+void fillFrom(OutMessage& o, const Envelope& m, uint64_t session, const std::string& src_name, TrackerRef tracker) {
   o.session = session;
   o.timestamp_ms = m.timestamp_ms;
   o.ingress_ns = m.ingress_ns;
   o.origin = src_name;
   o.origin_session = m.session;
-  if (m.tracker) {
-    o.tracker = std::move(m.tracker);
+  if (tracker) {
+    o.tracker = std::move(tracker);
     o.tracker->copyAdded();
   }
+}
+}  // namespace
+
+OutMessage Router::moveOut(Envelope& m, uint64_t session, const std::string& src_name) const {
+  OutMessage o;
+  o.topic = m.topic;
+  o.payload = std::move(m.payload);
+  o.headers = std::move(m.headers);
+  fillFrom(o, m, session, src_name, std::move(m.tracker));
   return o;
 }
 
@@ -423,15 +430,7 @@ OutMessage Router::copyOut(const Envelope& m, std::string topic, uint64_t sessio
   o.topic = std::move(topic);
   o.payload = m.payload;
   o.headers = m.headers;
-  o.session = session;
-  o.timestamp_ms = m.timestamp_ms;
-  o.ingress_ns = m.ingress_ns;
-  o.origin = src_name;
-  o.origin_session = m.session;
-  if (m.tracker) {
-    o.tracker = m.tracker;
-    o.tracker->copyAdded();
-  }
+  fillFrom(o, m, session, src_name, m.tracker);
   return o;
 }
 

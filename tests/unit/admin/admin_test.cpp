@@ -24,45 +24,11 @@ namespace {
 
 const std::string kToken = "t0ken-for-the-admin-api-0123456789";
 
-struct Resp {
-  int status = 0;  // 0 = no answer (refused / closed)
-  std::string head;
-  std::string body;
-};
+using Resp = fingate::test::HttpResponse;
 
 // One raw HTTP request (headers exactly as given), read until the server closes.
 Resp request(int port, const std::string& path, const std::vector<std::string>& headers, bool http10 = false) {
-  Resp r;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return r;
-  }
-  std::string req = "GET " + path + (http10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");
-  for (auto& h : headers) req += h + "\r\n";
-  req += "Connection: close\r\n\r\n";
-  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-  std::string resp;
-  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (std::chrono::steady_clock::now() < end) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    char buf[8192];
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    resp.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  if (resp.rfind("HTTP/1.", 0) != 0 || resp.size() < 12) return r;
-  r.status = std::stoi(resp.substr(9, 3));
-  auto split = resp.find("\r\n\r\n");
-  r.head = resp.substr(0, split);
-  if (split != std::string::npos) r.body = resp.substr(split + 4);
-  return r;
+  return fingate::test::httpExchange(port, "GET", path, headers, http10);
 }
 
 Resp get(int port, const std::string& path, const std::string& host, const std::string& auth = "") {
