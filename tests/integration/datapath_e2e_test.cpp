@@ -72,7 +72,7 @@ void registerFin(FrameClient& orch, FrameClient& fin, const std::string& reg, co
 // commands; the slow one is closed when its queue stayed full past the grace period, its
 // commands are dead-lettered and each is nacked to the orchestrator; memory stays bounded.
 TEST(DatapathE2E, SlowConsumerStallsOnlyItselfAndIsClosed) {
-  GatewayProcess gw("slow-consumer", R"(limits: { session_queue_messages: 256, slow_consumer_grace_ms: 500 }
+  GatewayProcess gw("slow-consumer", R"(limits: { session_queue_messages: 2048, slow_consumer_grace_ms: 500 }
 endpoints:
   orchestrator: { plugin: tcp, role: orchestrator, listen: "127.0.0.1:0" }
   fins: { plugin: tcp, role: fins, listen: "127.0.0.1:0", session_buffer_bytes: 65536 }
@@ -129,7 +129,7 @@ endpoints:
   long rss_after = vmRssKb(gw.process().pid());
   std::printf("gateway VmRSS before %ld kB, after %ld kB (%d commands to the slow fin, %llu dead-lettered)\n", rss_before,
               rss_after, n_b, static_cast<unsigned long long>(dead));
-  EXPECT_LT(rss_after - rss_before, 256 * 1024) << "memory bounded (session queue 256 messages)";
+  EXPECT_LT(rss_after - rss_before, 256 * 1024) << "memory bounded (session queue 2048 messages)";
   EXPECT_TRUE(b.waitClosed(10s)) << "the slow fin's connection was closed";
   // Its binding went with its session.
   EXPECT_TRUE(waitFor([&] { return httpGet(gw.adminPort(), "/v1/fins").body.find(kCapB) == std::string::npos; }));
