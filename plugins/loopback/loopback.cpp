@@ -322,8 +322,14 @@ class Loopback final : public fingate::sdk::Plugin {
         if (timed_.empty()) return;  // stopped and drained
         continue;                    // stop reports what was due later at once
       }
-      if (timed_.empty()) cv_.wait(lk);
-      else cv_.wait_until(lk, timed_.begin()->first);
+      if (timed_.empty()) {
+        cv_.wait(lk);
+      } else {
+        // A copy: wait_until reads its deadline again after waking, and an unsubscribe may
+        // have erased the map node meanwhile (found by ThreadSanitizer: use after free).
+        const Clock::time_point due = timed_.begin()->first;
+        cv_.wait_until(lk, due);
+      }
     }
   }
 

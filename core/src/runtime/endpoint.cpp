@@ -308,7 +308,7 @@ void Endpoint::sendSession(OutMessage&& m) {
 
 void Endpoint::serviceSessions() {
   std::vector<std::pair<uint64_t, std::deque<OutMessage>>> to_close;
-  std::vector<OutMessage> refused;
+  std::vector<std::pair<OutMessage, fg_status>> refused;
   {
     std::unique_lock lk(publish_mu_);
     const bool events = sessions_writable_;
@@ -325,7 +325,7 @@ void Endpoint::serviceSessions() {
           size_t n = m.payload.size();
           fg_status st = publishOnce(m);
           if (st == FG_RETRY) break;
-          if (st != FG_OK) refused.push_back(std::move(m));
+          if (st != FG_OK) refused.emplace_back(std::move(m), st);
           s.bytes -= std::min(s.bytes, n);
           s.q.pop_front();
           s.full_since_ms = 0;
@@ -345,7 +345,9 @@ void Endpoint::serviceSessions() {
       ++it;
     }
   }
-  for (auto& m : refused) failed(std::move(m), "publish_failed", "the plugin refused the session's message");
+  for (auto& [m, st] : refused)
+    failed(std::move(m), st == FG_ERR_STATE ? "session_closed" : "publish_failed",
+           std::string("session ") + std::to_string(m.session) + ": " + statusName(st));
   for (auto& [session, q] : to_close) {
     stats_.slow_consumers.fetch_add(1, std::memory_order_relaxed);
     std::string why = "slow consumer: queue full for " + std::to_string(opts_.limits.slow_consumer_grace_ms) + " ms";
