@@ -147,11 +147,17 @@ void Endpoint::stop(uint32_t timeout_ms) {
 
 void Endpoint::laneLoop() {
   t_on_lane = true;
+  // Housekeeping (late confirmations, restored-binding backlogs) about every 100 ms, whether the
+  // lane is idle or busy: a lane that never empties must still time its parked registers out.
+  auto next_tick = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
   while (true) {
     auto item = inbound_.popFor(std::chrono::milliseconds(100));
+    if (auto now = std::chrono::steady_clock::now(); now >= next_tick) {
+      router_.tick(cfg_.name);
+      next_tick = now + std::chrono::milliseconds(100);
+    }
     if (!item) {
       if (inbound_.closed()) return;
-      router_.tick(cfg_.name);
       continue;
     }
     if (auto* env = std::get_if<Envelope>(&*item)) {

@@ -203,6 +203,32 @@ TEST(Register, WaitingRegisterDoesNotHoldOtherFins) {
   EXPECT_EQ(core.router.counters().registers_waiting.load(), 1u);
 }
 
+// A lane that never goes idle still times out a register whose confirmation does not come:
+// the housekeeping runs on a clock, not only when the lane waits.
+TEST(Register, BusyLaneStillTimesOutAParkedRegister) {
+  Core core;
+  auto orch = core.add(loopback("orch", Role::Orchestrator, {{"subscribe_delay_ms", "60000"}, {"mode", "sink"}}));
+  auto fins = core.add(loopback("fins", Role::Fins, {}));
+  core.router.setSubscribeTimeout(300);
+  core.start();
+  FinBinding b;
+  b.fin_id = "fin-b";
+  b.endpoint = "fins";
+  b.capabilities = {"cap-b"};
+  ASSERT_TRUE(core.registry.bind(b).error.empty());
+  ASSERT_EQ(fins->subscribe("cap-b", 999999), FG_OK);
+  Core::inject(*fins, "soarca", kRegister);
+  ASSERT_TRUE(waitFor([&] { return core.router.pendingRegisters() == 1; }));
+  bool timed_out = false;
+  for (int i = 0; i < 2000 && !timed_out; ++i) {  // fin B keeps the lane busy (a message every 2 ms)
+    Core::inject(*fins, "cap-b", kResult);
+    std::this_thread::sleep_for(2ms);
+    timed_out = core.router.pendingRegisters() == 0;
+  }
+  EXPECT_TRUE(timed_out) << "the parked register was never timed out while the lane was busy";
+  EXPECT_EQ(core.router.counters().subscribe_timeouts.load(), 1u);
+}
+
 // Two endpoints register the same capability id at the same moment, many times: exactly one
 // wins each round, the other is nacked (the conflict check and the bind are one step).
 TEST(Register, ConcurrentRegistersOfOneCapabilityExactlyOneWinsTheOtherIsNacked) {
