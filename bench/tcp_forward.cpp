@@ -52,6 +52,7 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <fstream>
 #include <cinttypes>
 #include <csignal>
 #include <mutex>
@@ -62,23 +63,39 @@ namespace fingate::bench {
 
 std::atomic<bool> g_interrupted{false};
 
-// ---- Fin protocol messages (captured vectors, ../shared/protocol/vectors) ------------------------
+// ---- Fin protocol messages: the repository's captured vectors (tests/data/vectors) -------------
 
 const char* const kFinId = "soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d";
 const char* const kCapability = "mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d";
 const char* const kRegisterId = "abec7356-e6f0-11f1-acf4-02fc00000001";
-// 01-a-register.json (928 bytes)
-const char* const kRegister =
-    R"({"type":"register","message_id":"abec7356-e6f0-11f1-acf4-02fc00000001","fin_id":"soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d","protocol_version":"0.0.1","security":{"version":"0.0.1","channel_security":"plaintext"},"capabilities":[{"capability_id":"mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d","type":"action","name":"Ping Pong capability","version":"0.0.1","step":{"test":{"type":"action","name":"step_name","description":"step description","external_references":[{"name":"external-reference-example-name","description":null,"source":null,"url":null,"external_id":null,"reference_id":null}],"command":"pong","target":"soarca-fin-pong-f896bb3b-bb37-429e-8ece-2d4286cf326d"}},"agent":{"testagent":{"type":"soarca-fin","name":"soarca-fin-pong-f896bb3b-bb37-429e-8ece-2d4286cf326d"}}}],"meta":{"timestamp":"2026-11-23T03:47:57.613598+00:00","sender_id":"soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d"}})";
-// 03-a-command-auth.json, split around its message_id and its empty variables.
-const char* const kCommandHead = R"({"type":"command","message_id":")";
-const char* const kCommandMid =
-    R"(","command":{"command":"pong","authentication":{"id":"user-auth--206f95ce-99da-4402-85fc-c0bbc81c49a9","type":"user-auth","username":"soarca","password":"password","kms":false},"context":{"completed_on":"0001-01-01T00:00:00Z","generated_on":"0001-01-01T00:00:00Z","timeout":1,"delay":0,"step_id":"action--774091ad-fff0-4af6-aeba-da83fc4854e7","playbook_id":"playbook--b502ab4a-ee19-4072-a438-2ab798e40c73","execution_id":"ed56e19c-5fee-4551-a0d2-316aee522515"},"variables":{"__pad__":{"type":"string","name":"__pad__","description":"padding","value":")";
-const char* const kCommandTail =
-    R"(","constant":false,"external":false}}},"meta":{"timestamp":"2026-11-23T03:47:57.816651668Z","sender_id":"soarca-fin-capability"}})";
+// 01-a-register.json, and 03-a-command-auth.json split around its message_id and its empty
+// `variables` (a padding variable goes there). Filled by loadVectors() before anything runs.
+std::string g_register, g_command_head, g_command_mid, g_command_tail;
+
+std::string readVector(const std::string& dir, const std::string& name) {
+  std::ifstream f(dir + "/" + name, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + dir + "/" + name + " (--vectors names the directory)");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+void loadVectors(const std::string& dir) {
+  g_register = readVector(dir, "01-a-register.json");
+  const std::string cmd = readVector(dir, "03-a-command-auth.json");
+  const std::string id_key = "\"message_id\":\"", vars = "\"variables\":{}";
+  size_t id = cmd.find(id_key), id_end = id == std::string::npos ? id : cmd.find('"', id + id_key.size());
+  size_t v = cmd.find(vars);
+  if (id_end == std::string::npos || v == std::string::npos || v < id_end)
+    throw std::runtime_error(dir + "/03-a-command-auth.json: no message_id or empty variables to fill");
+  g_command_head = cmd.substr(0, id + id_key.size());
+  g_command_mid = cmd.substr(id_end, v + vars.size() - 1 - id_end) +
+                R"("__pad__":{"type":"string","name":"__pad__","description":"padding","value":")";
+  g_command_tail = R"(","constant":false,"external":false})" + cmd.substr(v + vars.size() - 1);
+}
 
 // message_id = "bench-" + 8 hex run + "-" + 10 digit seq + "-" + 20 digit send time (ns): 46 chars.
-constexpr size_t kIdOffset = 32;  // strlen(kCommandHead)
+size_t idOffset() { return g_command_head.size(); }
 constexpr size_t kIdLen = 46;
 
 void writeId(char* at, uint32_t run, uint64_t seq, int64_t ts) {
@@ -94,8 +111,8 @@ struct Stamp {
 };
 
 bool readId(const char* p, size_t n, Stamp& s) {
-  if (n < kIdOffset + kIdLen) return false;
-  const char* id = p + kIdOffset;
+  if (n < idOffset() + kIdLen) return false;
+  const char* id = p + idOffset();
   if (std::memcmp(id, "bench-", 6) != 0) return false;
   auto a = std::from_chars(id + 6, id + 14, s.run, 16);
   auto b = std::from_chars(id + 15, id + 25, s.seq);
@@ -105,11 +122,11 @@ bool readId(const char* p, size_t n, Stamp& s) {
 
 // The command, padded to exactly payload_bytes (or its minimum size, if larger).
 size_t minCommandBytes() {
-  return std::strlen(kCommandHead) + kIdLen + std::strlen(kCommandMid) + std::strlen(kCommandTail);
+  return g_command_head.size() + kIdLen + g_command_mid.size() + g_command_tail.size();
 }
 std::string makeCommand(size_t payload_bytes) {
   size_t pad = payload_bytes > minCommandBytes() ? payload_bytes - minCommandBytes() : 0;
-  return std::string(kCommandHead) + std::string(kIdLen, '0') + kCommandMid + std::string(pad, 'x') + kCommandTail;
+  return g_command_head + std::string(kIdLen, '0') + g_command_mid + std::string(pad, 'x') + g_command_tail;
 }
 
 // ---- frames ---------------------------------------------------------------------------------------
@@ -366,7 +383,7 @@ class Bench {
   Bench(const Options& o, int pid, int orch_fd, FinCounter& fin, FrameReader& fin_reader)
       : o_(o), pid_(pid), fd_(orch_fd), fin_(fin), fin_reader_(fin_reader) {
     frame_ = frame(kPublish, kCapability, makeCommand(o.payload));
-    id_at_ = frame_.size() - o.payload + kIdOffset;
+    id_at_ = frame_.size() - o.payload + idOffset();
   }
 
   // Sends commands of a probe run until one arrives (20 s at most).
@@ -563,7 +580,7 @@ TargetResult runTarget(const std::string& name, const Options& o) {
       std::string ping = frame(kPing, "", "barrier");
       ok = writeAll(ofd, ping.data(), ping.size(), dl()) && waitFor([&] { return orch.pongs > 0; }, 5s, 1ms);
     }
-    std::string reg = frame(kPublish, "soarca", kRegister);
+    std::string reg = frame(kPublish, "soarca", g_register);
     for (int i = 0; ok && i < 10 && !orch.registered && !g_interrupted; ++i) {
       ok = writeAll(ffd, reg.data(), reg.size(), dl());
       waitFor([&] { return orch.registered.load(); }, 1s, 1ms);
@@ -740,7 +757,15 @@ int main(int argc, char** argv) {
   app.add_option("--window", o.window, "commands sent and not yet received, at most")->capture_default_str()->check(CLI::Range(1, 100000));
   app.add_option("--repeat", o.repeat, "rounds")->capture_default_str()->check(CLI::Range(1, 10));
   app.add_flag("--keep-logs", o.keep_logs, "keep /tmp/fingate-bench-<pid> (process logs)");
+  std::string vectors = FINGATE_VECTORS_DIR;
+  app.add_option("--vectors", vectors, "the captured Fin vectors (register, command)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  try {
+    fingate::bench::loadVectors(vectors);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tcp_forward: %s\n", e.what());
+    return 2;
+  }
   if (o.payload < fingate::bench::minCommandBytes()) {
     std::fprintf(stderr, "--payload must be at least %zu\n", fingate::bench::minCommandBytes());
     return 2;
