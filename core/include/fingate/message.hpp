@@ -114,10 +114,10 @@ struct OutMessage {
   TrackerRef tracker;
   std::string origin;        // the source endpoint's name (dead letters)
   uint64_t origin_session = 0;
-  // A command whose delivery fails is nacked: its message_id, and where the nack goes.
+  // A command whose delivery fails is nacked on its own topic: its message_id, and the
+  // (orchestrator) endpoint the nack goes to.
   std::string nack_id;
   std::string nack_endpoint;
-  std::string nack_topic;  // empty: the message's own topic
   bool static_copy = false;  // made by a static route (a retry re-publishes it to its target)
   bool nack_on_failure() const { return !nack_id.empty(); }
   void settle(fg_outcome o) {

@@ -62,8 +62,6 @@ class Registry {
   // once cannot both win): refuses when an id of b is bound to another live owner (a restored
   // binding can be claimed only by a register of the same fin id), or a limit is hit.
   BindResult bind(const FinBinding& b);
-  // Which capability/fin id of b is already bound to another live owner: returns the id, or "".
-  std::string ownerConflict(const FinBinding& b) const;
   // Register ack/nack from the orchestrator: commit (acked = true) or remove. Returns the fin id
   // it applied to, or "" when no provisional binding had that message id.
   std::string commit(const std::string& fin_id, const std::string& register_message_id);
@@ -81,7 +79,6 @@ class Registry {
 
   std::vector<FinBinding> snapshot() const;
   size_t size() const;
-  size_t countFor(const std::string& endpoint, uint64_t session) const;
 
   // Persistence: the state file (JSON), written off the caller's thread by one writer:
   // changes are coalesced for `delay_ms` (staleness bound), then the whole file is written to

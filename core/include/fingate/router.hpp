@@ -237,9 +237,9 @@ class Router {
   void forwardRegister(const EndpointList& eps, const std::string& src_name, Envelope& m);
   void applyUnregister(const fin::Routing& r);
 
-  // Sends a copy of m (from `src_name`) to dst: the copy carries m's tracker.
-  void send(RouterEndpoint& dst, OutMessage&& m, const std::string& src_name);
-  void sendTo(const EndpointList& eps, const std::string& dst, OutMessage&& m, const std::string& src_name);
+  // Hands a copy to dst (recording it for echo suppression where echoes come back).
+  void send(RouterEndpoint& dst, OutMessage&& m);
+  void sendTo(const EndpointList& eps, const std::string& dst, OutMessage&& m);
   OutMessage copyOut(const Envelope& m, std::string topic, uint64_t session, const std::string& src_name) const;
   OutMessage moveOut(Envelope& m, uint64_t session, const std::string& src_name) const;  // same topic, m emptied
   // Dead-letters m (refused by the rules); nacks it back to its sender when its message_id was readable.
@@ -281,7 +281,7 @@ class Router {
     int64_t expires_ms;
   };
   void backlog(const std::string& src, const std::string& fin_id, Envelope&& m, const fin::Routing& r);
-  void flushBacklog(const EndpointList& eps, const std::string& fin_id);
+  void flushBacklog(const std::string& fin_id);
   void expireBacklog();
 
   Registry& registry_;

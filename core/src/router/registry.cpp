@@ -63,11 +63,6 @@ std::string Registry::conflictLocked(const FinBinding& b) const {
   return "";
 }
 
-std::string Registry::ownerConflict(const FinBinding& b) const {
-  std::lock_guard lk(mu_);
-  return conflictLocked(b);
-}
-
 std::vector<std::string> Registry::indexAdd(const FinBinding& b) {
   // Take each topic over from whichever fin held it before.
   std::vector<std::string> dropped;
@@ -101,16 +96,6 @@ void Registry::indexRemove(const FinBinding& b) {
     auto it = by_topic_.find(t);
     if (it != by_topic_.end() && it->second == b.fin_id) by_topic_.erase(it);
   }
-}
-
-size_t Registry::countFor(const std::string& endpoint, uint64_t session) const {
-  std::lock_guard lk(mu_);
-  if (session == 0) {
-    auto it = per_endpoint_.find(endpoint);
-    return it == per_endpoint_.end() ? 0 : it->second;
-  }
-  auto it = per_session_.find({endpoint, session});
-  return it == per_session_.end() ? 0 : it->second;
 }
 
 void Registry::account(const FinBinding& b, int delta) {

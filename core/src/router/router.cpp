@@ -434,19 +434,19 @@ OutMessage Router::copyOut(const Envelope& m, std::string topic, uint64_t sessio
   return o;
 }
 
-void Router::send(RouterEndpoint& dst, OutMessage&& m, const std::string&) {
+void Router::send(RouterEndpoint& dst, OutMessage&& m) {
   if (!dst.sessions && !dst.out->noLocal()) echo_.record(dst.name, m.topic, m.payload);
   counters_.routed.fetch_add(1, std::memory_order_relaxed);
   dst.out->send(std::move(m));
 }
 
-void Router::sendTo(const EndpointList& eps, const std::string& dst, OutMessage&& m, const std::string& src_name) {
+void Router::sendTo(const EndpointList& eps, const std::string& dst, OutMessage&& m) {
   auto ep = find(eps, dst);
   if (!ep) {
     deliveryFailed(dst, std::move(m), "no_endpoint", "target endpoint '" + dst + "' does not exist");
     return;
   }
-  send(*ep, std::move(m), src_name);
+  send(*ep, std::move(m));
 }
 
 void Router::deadLetter(const std::string& src, const Envelope& m, const std::string& reason,
@@ -485,7 +485,7 @@ void Router::deliveryFailed(const std::string& endpoint, OutMessage&& m, const s
   dead_letters_.add(std::move(d));
   // A command SOARCA sent and no fin will see: fail the step now rather than at its timeout.
   if (m.nack_on_failure())
-    sendNack(m.nack_endpoint, m.nack_topic.empty() ? m.topic : m.nack_topic, m.origin_session, m.nack_id);
+    sendNack(m.nack_endpoint, m.topic, m.origin_session, m.nack_id);
   m.settle(FG_OUTCOME_DEAD_LETTERED);
 }
 
@@ -499,7 +499,7 @@ void Router::sendNack(const std::string& endpoint, const std::string& topic, uin
   o.payload = fin::makeNack(message_id);
   o.session = ep->sessions ? session : 0;
   counters_.nacks_sent++;
-  send(*ep, std::move(o), endpoint);
+  send(*ep, std::move(o));
 }
 
 void Router::reject(RouterEndpoint& src, const Envelope& m, const std::string& reason, const std::string& detail,
@@ -530,7 +530,7 @@ bool Router::retryDeadLetter(uint64_t id, std::string& error) {
     o.payload = std::move(d->payload);
     o.headers = std::move(d->headers);
     o.static_copy = true;
-    send(*ep, std::move(o), via);
+    send(*ep, std::move(o));
     return true;
   }
   // Routed again from its source endpoint's lane, as if it had just arrived.
@@ -594,7 +594,7 @@ bool Router::routeStatic(const EndpointList& eps, RouterEndpoint& src, Envelope&
     any = true;
     OutMessage o = copyOut(m, expandTopicTemplate(r.to_template, m.topic), 0, src.name);
     o.static_copy = true;
-    sendTo(eps, r.to_endpoint, std::move(o), src.name);
+    sendTo(eps, r.to_endpoint, std::move(o));
   }
   return any;
 }
@@ -682,7 +682,7 @@ Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, E
     bool any = false;
     for (auto& e : eps)
       if (e->role == Role::Orchestrator) {
-        send(*e, copyOut(m, m.topic, 0, src.name), src.name);
+        send(*e, copyOut(m, m.topic, 0, src.name));
         any = true;
       }
     if (!any) deadLetter(src.name, m, "no_orchestrator", "no orchestrator endpoint is configured");
@@ -700,7 +700,7 @@ Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, E
   bool any = false;
   for (auto& e : eps)
     if (e->role == Role::Orchestrator) {
-      send(*e, copyOut(m, m.topic, 0, src.name), src.name);
+      send(*e, copyOut(m, m.topic, 0, src.name));
       any = true;
     }
   if (!any) deadLetter(src.name, m, "no_orchestrator", "no orchestrator endpoint is configured");
@@ -824,12 +824,12 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
     return;
   }
   forwardRegister(eps, src.name, m);
-  flushBacklog(eps, b.fin_id);
+  flushBacklog(b.fin_id);
 }
 
 void Router::forwardRegister(const EndpointList& eps, const std::string& src_name, Envelope& m) {
   for (auto& e : eps)
-    if (e->role == Role::Orchestrator) send(*e, copyOut(m, kSoarca, 0, src_name), src_name);
+    if (e->role == Role::Orchestrator) send(*e, copyOut(m, kSoarca, 0, src_name));
 }
 
 bool Router::parkFollower(const std::string& src, Envelope& m) {
@@ -890,7 +890,7 @@ void Router::resumePending(uint64_t id, bool timed_out) {
                    p.fin_id.substr(0, 200), subscribe_timeout_ms_.load());
     }
     forwardRegister(*eps, p.src, p.reg);
-    flushBacklog(*eps, p.fin_id);
+    flushBacklog(p.fin_id);
   }
   for (auto& f : p.followers) route(p.src, std::move(f));
 }
@@ -935,7 +935,7 @@ void Router::backlog(const std::string& src, const std::string& fin_id, Envelope
   backlog_[fin_id].push_back(Backlogged{src, std::move(m), r.message_id_readable ? r.message_id : "", steadyMs() + ttl});
 }
 
-void Router::flushBacklog(const EndpointList&, const std::string& fin_id) {
+void Router::flushBacklog(const std::string& fin_id) {
   std::deque<Backlogged> q;
   {
     std::lock_guard lk(backlog_mu_);
@@ -1006,7 +1006,7 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
     for (auto& e : eps)
       if (e->role == Role::Fins) {
         if (r.message_id_readable) rememberDelivered(e->name, 0, r.message_id);
-        send(*e, copyOut(m, m.topic, 0, src.name), src.name);
+        send(*e, copyOut(m, m.topic, 0, src.name));
         any = true;
       }
     if (!any) deadLetter(src.name, m, "no_fins", "no fins endpoint is configured");
@@ -1041,10 +1041,10 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
       counters_.compat_nacks_to_acks++;
       OutMessage o = copyOut(m, m.topic, session, src.name);
       o.payload = fin::makeAck(r.message_id);
-      sendTo(eps, owner->endpoint, std::move(o), src.name);
+      sendTo(eps, owner->endpoint, std::move(o));
       return Outcome::Done;
     } else {
-      sendTo(eps, owner->endpoint, copyOut(m, m.topic, session, src.name), src.name);
+      sendTo(eps, owner->endpoint, copyOut(m, m.topic, session, src.name));
       if (auto undone = registry_.undo(owner->fin_id, r.message_id)) unsubscribeBindings({*undone});
       return Outcome::Done;
     }
@@ -1060,7 +1060,6 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
     if (r.message_id_readable) {
       out.nack_id = r.message_id;
       out.nack_endpoint = src.name;
-      // nack_topic stays empty: the nack goes on the command's own topic.
     }
     if (repair) {
       out.payload = std::move(repaired);
@@ -1068,7 +1067,7 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
       counters_.compat_variables_completed += static_cast<uint64_t>(st.variables_completed);
     }
   }
-  sendTo(eps, owner_ep, std::move(out), src.name);
+  sendTo(eps, owner_ep, std::move(out));
   return Outcome::Done;
 }
 
@@ -1101,7 +1100,7 @@ void Router::replayRegisters(const std::string& orchestrator) {
       o.topic = kSoarca;
       o.payload = b.register_payload;
       o.origin = b.endpoint;
-      send(*e, std::move(o), e->name);
+      send(*e, std::move(o));
       counters_.registers_replayed++;
       ++n;
     }

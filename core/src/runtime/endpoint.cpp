@@ -241,7 +241,6 @@ void Endpoint::failed(OutMessage&& m, const std::string& reason, const std::stri
 void Endpoint::dispatchLoop() {
   std::unique_lock lk(publish_mu_);
   uint32_t backoff_ms = 1;
-  bool retry_sessions = false;  // 1.0 plugins never say a session is writable again: poll
   while (!stopping_.load()) {
     if (!outbound_.empty()) {
       OutMessage m = std::move(outbound_.front());
@@ -271,9 +270,8 @@ void Endpoint::dispatchLoop() {
       serviceSessions();
       lk.lock();
     }
-    retry_sessions = !sessions_.empty();
     if (!sessions_writable_ && outbound_.empty())
-      dispatch_cv_.wait_for(lk, std::chrono::milliseconds(retry_sessions ? 10 : 200));
+      dispatch_cv_.wait_for(lk, std::chrono::milliseconds(sessions_.empty() ? 200 : 10));
   }
 }
 
@@ -317,25 +315,21 @@ void Endpoint::serviceSessions() {
   std::vector<std::pair<OutMessage, fg_status>> refused;
   {
     std::unique_lock lk(publish_mu_);
-    const bool events = sessions_writable_;
     sessions_writable_ = false;
     const int64_t now = steadyMs();
+    // Every waiting session is offered its queue: on FG_EVENT_SESSION_WRITABLE, and every 10 ms
+    // (1.0 plugins never send the event; a blocked session just answers FG_RETRY again).
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       SessionQueue& s = it->second;
-      // With FG_EVENT_SESSION_WRITABLE (1.1) only sessions that said so; 1.0 plugins: all.
-      bool try_now = s.writable || !events;
-      if (try_now) {
-        s.writable = false;
-        while (!s.q.empty()) {
-          OutMessage& m = s.q.front();
-          size_t n = m.payload.size();
-          fg_status st = publishOnce(m);
-          if (st == FG_RETRY) break;
-          if (st != FG_OK) refused.emplace_back(std::move(m), st);
-          s.bytes -= std::min(s.bytes, n);
-          s.q.pop_front();
-          s.full_since_ms = 0;
-        }
+      while (!s.q.empty()) {
+        OutMessage& m = s.q.front();
+        size_t n = m.payload.size();
+        fg_status st = publishOnce(m);
+        if (st == FG_RETRY) break;
+        if (st != FG_OK) refused.emplace_back(std::move(m), st);
+        s.bytes -= std::min(s.bytes, n);
+        s.q.pop_front();
+        s.full_since_ms = 0;
       }
       if (s.q.empty()) {
         it = sessions_.erase(it);
@@ -438,9 +432,7 @@ void Endpoint::onEvent(const fg_event& ev) {
       break;
     case FG_EVENT_SESSION_WRITABLE: {
       std::lock_guard lk(publish_mu_);
-      auto it = sessions_.find(ev.session);
-      if (it == sessions_.end()) break;
-      it->second.writable = true;
+      if (!sessions_.count(ev.session)) break;
       sessions_writable_ = true;
       dispatch_cv_.notify_one();
       break;

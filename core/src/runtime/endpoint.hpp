@@ -171,7 +171,6 @@ class Endpoint final : public PluginHost,
     std::deque<OutMessage> q;
     size_t bytes = 0;
     int64_t full_since_ms = 0;  // steady ms when it first hit its limit; 0 = not full
-    bool writable = false;      // the plugin said it can take more
   };
   void laneLoop();
   void dispatchLoop();
@@ -182,8 +181,8 @@ class Endpoint final : public PluginHost,
   // m will not be delivered: counted, dead-lettered (whole), nacked when it is a command.
   void failed(OutMessage&& m, const std::string& reason, const std::string& detail);
   void sendSession(OutMessage&& m);
-  // Drains the sessions the plugin said are writable (and, for 1.0 plugins, retries all) and
-  // closes sessions that stayed full past the grace period. Dispatcher thread.
+  // Offers every waiting session its queue and closes sessions that stayed full past the grace
+  // period. Dispatcher thread.
   void serviceSessions();
   void dropSession(uint64_t session, const std::string& reason);
   void recordLatency(int64_t ingress_ns);
@@ -214,7 +213,7 @@ class Endpoint final : public PluginHost,
   std::deque<OutMessage> outbound_;  // session 0 (and 1.0-style) messages waiting for the plugin
   bool dispatching_ = false;         // the dispatcher holds a popped message
   std::unordered_map<uint64_t, SessionQueue> sessions_;
-  bool sessions_writable_ = false;  // some session became writable since the last service
+  bool sessions_writable_ = false;  // a session said it can take more: service now
 
   // Copies handed to the plugin and not yet reported by on_delivery (FG_CAP_DELIVERY).
   std::mutex inflight_mu_;
