@@ -133,8 +133,8 @@ inline int portAfter(const std::string& text, const std::string& needle) {
   return std::atoi(text.c_str() + colon + 1);
 }
 
-// A plain HTTP/1.1 GET to 127.0.0.1:port (Connection: close): {status, body}; status 0 = no answer.
-inline std::pair<int, std::string> httpGet(int port, const std::string& path, std::chrono::milliseconds timeout = 3s) {
+// A TCP connection to 127.0.0.1:port (blocking); -1 when refused.
+inline int connectLoopback(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -142,8 +142,15 @@ inline std::pair<int, std::string> httpGet(int port, const std::string& path, st
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     ::close(fd);
-    return {0, ""};
+    return -1;
   }
+  return fd;
+}
+
+// A plain HTTP/1.1 GET to 127.0.0.1:port (Connection: close): {status, body}; status 0 = no answer.
+inline std::pair<int, std::string> httpGet(int port, const std::string& path, std::chrono::milliseconds timeout = 3s) {
+  int fd = connectLoopback(port);
+  if (fd < 0) return {0, ""};
   std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
   (void)!::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
   std::string resp;
