@@ -49,10 +49,10 @@ struct EndpointConfig {
   std::string name;    // the key under `endpoints:`
   std::string plugin;  // `plugin:`
   Role role = Role::Bridge;
-  bool required = true;          // `required:` (default true): /readyz waits for it
-  std::string compat;            // `compat:` "python-fin" repairs commands for the Python fin library; "" = none
-  std::vector<KeyValue> options; // every other key, in file order
-  Mark mark;                     // where the endpoint's name is written
+  bool required = true;           // `required:` (default true): /readyz waits for it
+  std::string compat;             // `compat:` "python-fin" repairs commands for the Python fin library; "" = none
+  std::vector<KeyValue> options;  // every other key, in file order
+  Mark mark;                      // where the endpoint's name is written
   Mark plugin_mark;
 };
 
@@ -60,7 +60,7 @@ struct RouteConfig {
   std::string from_endpoint;
   std::string from_topic;  // MQTT-style filter
   std::string to_endpoint;
-  std::string to_topic;    // template: "{topic}" is replaced by the inbound fin topic
+  std::string to_topic;  // template: "{topic}" is replaced by the inbound fin topic
   Mark mark;
 };
 
@@ -94,6 +94,16 @@ struct Limits {
   uint32_t state_write_delay_ms = 100;       // state file: changes are coalesced for this long
 };
 
+// Several gateways as one (top-level `cluster:` map; docs/scaling.md).
+struct ClusterConfig {
+  // An endpoint whose plugin carries the shared binding registry (the Kafka plugin with
+  // `registry_topic`): every binding of a broker-side fins endpoint is published there
+  // (topic "$fingate/bindings/<fin_id>", empty payload = removed), and every other instance's
+  // bindings are read from there. Empty = no shared registry.
+  std::string registry_endpoint;
+  Mark mark;
+};
+
 struct Config {
   std::string file;         // the path it was read from
   std::string plugins_dir;  // empty = default (../plugins relative to the binary)
@@ -107,7 +117,8 @@ struct Config {
   uint32_t subscribe_timeout_ms = 5000;  // bounded wait for a broker's subscribe confirmation
   uint32_t register_replay_s = 300;      // re-send stored registers to orchestrators this often; 0 = off
   Limits limits;
-  std::vector<EndpointConfig> endpoints; // in file order
+  ClusterConfig cluster;
+  std::vector<EndpointConfig> endpoints;  // in file order
   std::vector<RouteConfig> routes;
 };
 

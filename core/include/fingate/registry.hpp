@@ -5,14 +5,14 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <memory>
-#include <thread>
-#include <unordered_map>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace fingate {
@@ -22,12 +22,18 @@ struct FinBinding {
   std::string endpoint;  // the fins-side endpoint name
   uint64_t session = 0;  // the client session on session transports; 0 = none / restored
   std::vector<std::string> capabilities;
-  bool acked = false;          // the orchestrator acked the register
-  int64_t registered_at = 0;   // Unix seconds
+  bool acked = false;         // the orchestrator acked the register
+  int64_t registered_at = 0;  // Unix seconds
   std::string register_message_id;
   std::string register_payload;  // the register's bytes, as received (for replay)
   bool restored = false;         // loaded from the state file, no live session yet
+  bool remote = false;           // learned from another instance through the shared registry
 };
+
+// The shared-registry record of a binding (JSON; docs/scaling.md), and back. fromRecord
+// returns nullopt with `error` set on a record it cannot read.
+std::string bindingRecord(const FinBinding& b);
+std::optional<FinBinding> bindingFromRecord(const std::string& json, std::string& error);
 
 using BindingPtr = std::shared_ptr<const FinBinding>;
 
@@ -39,9 +45,9 @@ struct RegistryLimits {
 
 // What bind() decided. error empty = bound.
 struct BindResult {
-  std::string error;         // "" | "capability_conflict" | "limit_fins_per_session" | "limit_fins_per_endpoint"
-  std::string detail;        // one human line for the nack / dead letter
-  BindingPtr prev;           // the fin's binding before (nullptr when new)
+  std::string error;              // "" | "capability_conflict" | "limit_fins_per_session" | "limit_fins_per_endpoint"
+  std::string detail;             // one human line for the nack / dead letter
+  BindingPtr prev;                // the fin's binding before (nullptr when new)
   std::vector<std::string> gone;  // topics the previous binding had and the new one has not
 };
 
@@ -74,6 +80,21 @@ class Registry {
   std::vector<FinBinding> removeEndpoint(const std::string& endpoint);
   std::vector<FinBinding> removeSession(const std::string& endpoint, uint64_t session);
   std::vector<FinBinding> removeAll();
+
+  // Shared registry (cluster.registry_endpoint). adopt() installs a binding learned from another
+  // instance (b.remote set): refused (error set) when this instance holds a live binding of the
+  // fin itself, when one of its ids belongs to another fin, or at a limit. dropRemote() removes
+  // the fin when its binding is a remote one (a tombstone never removes a local binding).
+  BindResult adopt(FinBinding b);
+  std::vector<FinBinding> dropRemote(const std::string& fin_id);
+  // Publishes this instance's bindings to the shared registry: from the writer thread, after
+  // every coalesced change, publish(fin_id, binding) for each binding `share` selects that is new
+  // or changed since it was last published, and publish(fin_id, nullptr) for each one published
+  // before that is gone or no longer shared (remote bindings are never published). Empty
+  // functions turn it off (and wait for a publish in progress to return).
+  using SharePredicate = std::function<bool(const FinBinding&)>;
+  using SharePublish = std::function<void(const std::string& fin_id, const FinBinding* b)>;
+  void setReplicator(SharePredicate share, SharePublish publish);
   // Removes every binding pred selects.
   std::vector<FinBinding> removeIf(const std::function<bool(const FinBinding&)>& pred);
 
@@ -103,8 +124,17 @@ class Registry {
   std::vector<std::string> indexAdd(const FinBinding& b);
   void indexRemove(const FinBinding& b);
   std::string conflictLocked(const FinBinding& b) const;
+  std::string limitLocked(const FinBinding& b, std::string& code) const;
+  void replaceLocked(const FinBinding& b, BindResult& r);
+  void replicate();
+  bool writerWantedLocked() const { return !state_file_.empty() || static_cast<bool>(share_); }
+  void startWriterLocked();
+  SharePredicate share_;
+  SharePublish publish_;
+  std::mutex replicate_mu_;               // held while publish_ runs, and to change it
+  std::map<std::string, Ptr> published_;  // what the shared registry last got, per fin (writer thread)
   mutable std::mutex mu_;
-  std::map<std::string, Ptr> fins_;             // fin_id -> binding (replaced, never changed in place)
+  std::map<std::string, Ptr> fins_;              // fin_id -> binding (replaced, never changed in place)
   std::map<std::string, std::string> by_topic_;  // fin id / capability id -> fin_id
   // Fins per endpoint and per live (endpoint, session): kept counted for the limits.
   void account(const FinBinding& b, int delta);

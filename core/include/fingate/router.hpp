@@ -7,20 +7,20 @@
 // lanes of different endpoints run concurrently. Every other method is thread-safe.
 #pragma once
 
-#include <fingate/config.hpp>
-#include <fingate/message.hpp>
 #include <fingate/plugin.h>
-#include <fingate/registry.hpp>
 
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <fingate/config.hpp>
+#include <fingate/message.hpp>
+#include <fingate/registry.hpp>
 #include <functional>
-#include <optional>
-#include <set>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -75,8 +75,8 @@ struct DeadLetter {
   std::string endpoint;  // where it came from
   std::string topic;
   uint64_t session = 0;
-  std::string reason;  // short, stable: a metric label
-  std::string detail;  // one human line
+  std::string reason;   // short, stable: a metric label
+  std::string detail;   // one human line
   std::string payload;  // whole
   std::vector<std::pair<std::string, std::string>> headers;
   size_t payload_bytes = 0;
@@ -150,7 +150,7 @@ struct RouterCounters {
   std::atomic<uint64_t> nacks_sent{0};
   std::atomic<uint64_t> subscribe_timeouts{0};
   std::atomic<uint64_t> subscribe_refused{0};
-  std::atomic<uint64_t> registers_waiting{0};  // registers that had to wait for subscriptions
+  std::atomic<uint64_t> registers_waiting{0};           // registers that had to wait for subscriptions
   std::atomic<uint64_t> compat_auth_removed{0};         // empty authentication objects removed
   std::atomic<uint64_t> compat_variables_completed{0};  // variables given the fields Go omits
   std::atomic<uint64_t> compat_nacks_to_acks{0};        // "already registered" nacks turned into acks
@@ -158,7 +158,14 @@ struct RouterCounters {
   std::atomic<uint64_t> replay_replies_swallowed{0};
   std::atomic<uint64_t> restored_claimed{0};
   std::atomic<uint64_t> dead_letter_retries{0};
+  // Shared registry (cluster.registry_endpoint).
+  std::atomic<uint64_t> registry_published{0};  // records and tombstones this instance published
+  std::atomic<uint64_t> registry_applied{0};    // other instances' records and tombstones applied
+  std::atomic<uint64_t> registry_ignored{0};    // records not applied (unknown endpoint, conflict, bad)
 };
+
+// Topic prefix of the shared binding registry's records ("$fingate/bindings/<fin_id>").
+inline constexpr const char* kBindingsPrefix = "$fingate/bindings/";
 
 class Router {
  public:
@@ -170,6 +177,9 @@ class Router {
   void setRoutes(std::vector<RouteRule> routes);
   void setLimits(const Limits& limits);
   void setSubscribeTimeout(uint32_t ms) { subscribe_timeout_ms_ = ms; }
+  // The endpoint that carries the shared binding registry ("" = none): this instance's
+  // bindings of broker-side fins endpoints are published there, other instances' are applied.
+  void setRegistryEndpoint(const std::string& endpoint);
 
   // Makes the subscriptions the gateway always needs: `soarca` on orchestrator and fins
   // endpoints, every static route's filter, and the topics of restored bindings. Idempotent:
@@ -204,7 +214,8 @@ class Router {
                   fg_outcome o = FG_OUTCOME_DEAD_LETTERED);
   // A copy handed to endpoint `endpoint` will not be delivered: dead letter (whole), a nack to
   // the orchestrator when it is a command, and its tracker settles as dead-lettered. Any thread.
-  void deliveryFailed(const std::string& endpoint, OutMessage&& m, const std::string& reason, const std::string& detail);
+  void deliveryFailed(const std::string& endpoint, OutMessage&& m, const std::string& reason,
+                      const std::string& detail);
   void limitHit(const std::string& limit);
   std::map<std::string, uint64_t> limitHits() const;
 
@@ -236,6 +247,10 @@ class Router {
   void handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelope& m, const fin::Routing& r);
   void forwardRegister(const EndpointList& eps, const std::string& src_name, Envelope& m);
   void applyUnregister(const fin::Routing& r);
+  void applyShared(const EndpointList& eps, RouterEndpoint& src, Envelope& m);
+  void publishShared(const std::string& fin_id, const FinBinding* b);
+  bool shareable(const FinBinding& b) const;
+  std::string registryEndpoint() const;
 
   // Hands a copy to dst (recording it for echo suppression where echoes come back).
   void send(RouterEndpoint& dst, OutMessage&& m);
@@ -253,7 +268,8 @@ class Router {
   // Subscribes a binding's topics where the gateway must hear them; the ids it must wait for.
   void subscribeBinding(const EndpointList& eps, const FinBinding& b, const FinBinding* prev,
                         std::vector<std::pair<std::string, uint64_t>>& wait);
-  void unsubscribeTopics(const EndpointList& eps, const std::string& fins_endpoint, const std::vector<std::string>& topics);
+  void unsubscribeTopics(const EndpointList& eps, const std::string& fins_endpoint,
+                         const std::vector<std::string>& topics);
   void unsubscribeBindings(const std::vector<FinBinding>& removed);
 
   // Registers waiting for their subscriptions (subscribe before forward, without waiting).
@@ -294,6 +310,7 @@ class Router {
   mutable std::mutex config_mu_;
   std::shared_ptr<const EndpointList> endpoints_;
   std::shared_ptr<const std::vector<RouteRule>> routes_;
+  std::string registry_endpoint_;
 
   enum class SubState { Pending, Confirmed, Refused };
   struct Sub {
@@ -309,7 +326,7 @@ class Router {
 
   mutable std::mutex pend_mu_;  // lock order: pend_mu_ before subs_mu_
   std::map<uint64_t, PendingRegister> pending_;
-  std::unordered_map<std::string, uint64_t> pending_topics_;  // fin/capability id -> pending id
+  std::unordered_map<std::string, uint64_t> pending_topics_;     // fin/capability id -> pending id
   std::unordered_map<uint64_t, std::vector<uint64_t>> waiters_;  // sub id -> pending ids
   uint64_t next_pending_ = 1;
   std::atomic<size_t> pending_count_{0};  // pending_.size(), read without the lock

@@ -1,15 +1,14 @@
 // YAML -> typed Config (yaml-cpp 0.7). Every error is a ConfigError with file:line:col and a
 // message that names the key path and says what was expected.
-#include <fingate/config.hpp>
-#include <fingate/topic.hpp>
-
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cstdio>
+#include <fingate/config.hpp>
+#include <fingate/topic.hpp>
 #include <map>
 #include <sstream>
 #include <string_view>
@@ -39,9 +38,12 @@ ConfigError ConfigError::cannotRead(const std::string& file, const std::string& 
 
 const char* toString(Role r) {
   switch (r) {
-    case Role::Orchestrator: return "orchestrator";
-    case Role::Fins: return "fins";
-    case Role::Bridge: return "bridge";
+    case Role::Orchestrator:
+      return "orchestrator";
+    case Role::Fins:
+      return "fins";
+    case Role::Bridge:
+      return "bridge";
   }
   return "bridge";
 }
@@ -87,10 +89,14 @@ bool isSecretKey(const std::string& key) {
 
 std::string describe(const YAML::Node& n) {
   switch (n.Type()) {
-    case YAML::NodeType::Map: return "a map";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Scalar: return "'" + n.Scalar() + "'";
-    default: return "nothing";
+    case YAML::NodeType::Map:
+      return "a map";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Scalar:
+      return "'" + n.Scalar() + "'";
+    default:
+      return "nothing";
   }
 }
 
@@ -122,8 +128,7 @@ class Parser {
     } catch (const YAML::Exception& e) {
       fail(e.mark, "YAML syntax error: " + e.msg);
     }
-    if (first.IsNull())
-      throw ConfigError(file_, Mark{}, "the file is empty: expected a map with at least 'endpoints'");
+    if (first.IsNull()) throw ConfigError(file_, Mark{}, "the file is empty: expected a map with at least 'endpoints'");
     const YAML::Node& root = first;
     if (!root.IsMap()) fail(root.Mark(), "expected a map of settings at the top level, got " + describe(root));
 
@@ -153,21 +158,24 @@ class Parser {
         cfg.register_replay_s = duration(e, k);
       } else if (k == "limits") {
         parseLimits(e, cfg.limits);
+      } else if (k == "cluster") {
+        parseCluster(e, cfg.cluster);
       } else if (k == "endpoints") {
         have_endpoints = true;
         parseEndpoints(e, cfg.endpoints);
       } else if (k == "routes") {
         parseRoutes(e, cfg.routes);
       } else {
-        fail(e.key_mark, "unknown key '" + k +
-                             "' (expected plugins_dir, state_dir, log_level, admin, queue_capacity, "
-                             "dead_letter_capacity, drain_timeout_ms, subscribe_timeout_ms, register_replay, limits, endpoints, "
-                             "routes)");
+        fail(e.key_mark,
+             "unknown key '" + k +
+                 "' (expected plugins_dir, state_dir, log_level, admin, queue_capacity, "
+                 "dead_letter_capacity, drain_timeout_ms, subscribe_timeout_ms, register_replay, limits, cluster, "
+                 "endpoints, routes)");
       }
     }
-    if (!have_endpoints)
-      fail(root.Mark(), "missing required key 'endpoints' (a map of endpoint name to its settings)");
+    if (!have_endpoints) fail(root.Mark(), "missing required key 'endpoints' (a map of endpoint name to its settings)");
     checkRoutes(cfg);
+    checkCluster(cfg);
     return cfg;
   }
 
@@ -228,7 +236,8 @@ class Parser {
     if (marker && !(c.start.line == first_start.line && c.start.column == first_start.column))
       fail(c.start, "expected one YAML document, found more than one (remove the '---')");
     std::string what = at < text.size() ? "'" + std::string(1, text[at]) + "'" : "end of file";
-    fail(c.start, "YAML syntax error: unexpected " + what + (what == "','" ? " (a ',' separates items inside [ ] or { })" : ""));
+    fail(c.start,
+         "YAML syntax error: unexpected " + what + (what == "','" ? " (a ',' separates items inside [ ] or { })" : ""));
   }
 
   // The byte offset of a yaml-cpp mark (0-based line and column) in text.
@@ -254,8 +263,8 @@ class Parser {
     for (auto it = map.begin(); it != map.end(); ++it) {
       const YAML::Node key = it->first;
       if (!key.IsScalar())
-        fail(key.Mark(), (path.empty() ? std::string("keys") : path + ": keys") + " must be plain names, got " +
-                             describe(key));
+        fail(key.Mark(),
+             (path.empty() ? std::string("keys") : path + ": keys") + " must be plain names, got " + describe(key));
       std::string k = key.Scalar();
       auto [pos, inserted] = seen.emplace(k, key.Mark());
       if (!inserted) {
@@ -395,9 +404,34 @@ class Parser {
         fail(a.key_mark, "limits." + a.key + ": unknown key (expected " + all + ")");
       }
       uint32_t v = integer(a, "limits." + a.key, k->min, k->max);
-      if (k->u32) *k->u32 = v;
-      else *k->u64 = v;
+      if (k->u32)
+        *k->u32 = v;
+      else
+        *k->u64 = v;
     }
+  }
+
+  void parseCluster(const Entry& e, ClusterConfig& c) const {
+    requireMap(e, "cluster", " (e.g. { registry_endpoint: bus })");
+    for (const Entry& a : entries(e.value, "cluster")) {
+      if (a.key == "registry_endpoint") {
+        c.registry_endpoint = string(a, "cluster.registry_endpoint");
+        c.mark = toMark(a.value.Mark());
+      } else {
+        fail(a.key_mark, "cluster." + a.key + ": unknown key (expected registry_endpoint)");
+      }
+    }
+  }
+
+  void checkCluster(const Config& cfg) const {
+    const std::string& name = cfg.cluster.registry_endpoint;
+    if (name.empty()) return;
+    for (const EndpointConfig& ep : cfg.endpoints)
+      if (ep.name == name) return;
+    std::string names;
+    for (const EndpointConfig& ep : cfg.endpoints) names += (names.empty() ? "" : ", ") + ep.name;
+    throw ConfigError(file_, cfg.cluster.mark,
+                      "cluster.registry_endpoint: unknown endpoint '" + name + "' (endpoints: " + names + ")");
   }
 
   void parseAdmin(const Entry& e, AdminConfig& admin) const {
@@ -413,8 +447,10 @@ class Parser {
           for (char c : port) ok = ok && c >= '0' && c <= '9';
           if (ok) ok = std::stoul(port) <= 65535;
           if (!ok)
-            fail(a.value.Mark(), "admin.listen: expected host:port (e.g. 127.0.0.1:9400) or \"\" for no admin "
-                                 "listener, got '" + v + "'");
+            fail(a.value.Mark(),
+                 "admin.listen: expected host:port (e.g. 127.0.0.1:9400) or \"\" for no admin "
+                 "listener, got '" +
+                     v + "'");
         }
         admin.listen = v;
         admin.mark = toMark(a.value.Mark());
@@ -431,8 +467,10 @@ class Parser {
         admin.token_mark = toMark(a.value.Mark());
       } else if (a.key == "allowed_hosts") {
         if (!a.value.IsSequence())
-          fail(valueMark(a), "admin.allowed_hosts: expected a list of host names (e.g. [admin.example.org, "
-                             "\"localhost:8000\"]), got " + describe(a.value));
+          fail(valueMark(a),
+               "admin.allowed_hosts: expected a list of host names (e.g. [admin.example.org, "
+               "\"localhost:8000\"]), got " +
+                   describe(a.value));
         for (size_t i = 0; i < a.value.size(); ++i) {
           const YAML::Node item = a.value[i];
           const std::string path = "admin.allowed_hosts[" + std::to_string(i) + "]";
@@ -442,7 +480,8 @@ class Parser {
           std::string h = expand(item.Scalar(), m, path, env);
           bool ok = !h.empty() && h.size() <= 255;
           for (char c : h)
-            ok = ok && static_cast<unsigned char>(c) > 0x20 && c != 0x7F && c != '/' && c != '@' && c != '?' && c != '#';
+            ok =
+                ok && static_cast<unsigned char>(c) > 0x20 && c != 0x7F && c != '/' && c != '@' && c != '?' && c != '#';
           if (!ok) fail(m, path + ": expected a host name or host:port (e.g. admin.example.org), got '" + h + "'");
           admin.allowed_hosts.push_back(h);
         }
@@ -457,8 +496,7 @@ class Parser {
       fail(valueMark(e), "endpoints: expected a map of endpoint name to its settings, got " + describe(e.value));
     for (const Entry& ep : entries(e.value, "endpoints")) {
       if (!allChars(ep.key, isEndpointNameChar))
-        fail(ep.key_mark, "endpoints: invalid endpoint name '" + ep.key +
-                              "' (expected letters, digits, '_' or '-')");
+        fail(ep.key_mark, "endpoints: invalid endpoint name '" + ep.key + "' (expected letters, digits, '_' or '-')");
       out.push_back(parseEndpoint(ep));
     }
     if (out.empty()) fail(valueMark(e), "endpoints: expected at least one endpoint");
@@ -478,8 +516,8 @@ class Parser {
       if (kv.key == "plugin") {
         cfg.plugin = scalar(kv, kpath, "a plugin name");
         if (!allChars(cfg.plugin, isPluginNameChar))
-          fail(kv.value.Mark(), kpath + ": expected a plugin name of a-z, 0-9, '_' or '-' (e.g. tcp, mqtt), got '" +
-                                    cfg.plugin + "'");
+          fail(kv.value.Mark(),
+               kpath + ": expected a plugin name of a-z, 0-9, '_' or '-' (e.g. tcp, mqtt), got '" + cfg.plugin + "'");
         cfg.plugin_mark = toMark(kv.value.Mark());
         have_plugin = true;
       } else if (kv.key == "role") {
@@ -496,8 +534,7 @@ class Parser {
         option(kv, kv.key, kpath, cfg, flat_seen);
       }
     }
-    if (!have_plugin)
-      fail(ep.key_mark, path + ": missing required key 'plugin' (tcp, mqtt, zmq, kafka, http, ...)");
+    if (!have_plugin) fail(ep.key_mark, path + ": missing required key 'plugin' (tcp, mqtt, zmq, kafka, http, ...)");
     if (!have_role) fail(ep.key_mark, path + ": missing required key 'role' (orchestrator, fins or bridge)");
     if (!cfg.compat.empty() && cfg.role != Role::Fins)
       fail(compat_mark, path + ".compat: applies to fins endpoints only (this one is " + toString(cfg.role) + ")");
@@ -510,16 +547,16 @@ class Parser {
     if (!allChars(kv.key, isOptionKeyChar))
       fail(kv.key_mark, kpath + ": invalid key (expected letters, digits, '_', '-' or '.')");
     if (kv.value.IsMap()) {
-      for (const Entry& sub : entries(kv.value, kpath)) option(sub, key + "." + sub.key, kpath + "." + sub.key, cfg, flat_seen);
+      for (const Entry& sub : entries(kv.value, kpath))
+        option(sub, key + "." + sub.key, kpath + "." + sub.key, cfg, flat_seen);
       return;
     }
-    if (!kv.value.IsScalar())
-      fail(valueMark(kv), kpath + ": expected a scalar or a map, got " + describe(kv.value));
+    if (!kv.value.IsScalar()) fail(valueMark(kv), kpath + ": expected a scalar or a map, got " + describe(kv.value));
     auto [pos, inserted] = flat_seen.emplace(key, kv.key_mark);
     if (!inserted) {
       Mark first = toMark(pos->second);
-      fail(kv.key_mark, kpath + ": duplicate key (first written at line " + std::to_string(first.line) +
-                            ", column " + std::to_string(first.column) + ")");
+      fail(kv.key_mark, kpath + ": duplicate key (first written at line " + std::to_string(first.line) + ", column " +
+                            std::to_string(first.column) + ")");
     }
     bool from_env = false;
     std::string value = scalar(kv, kpath, "a scalar or a map", &from_env);
@@ -529,15 +566,15 @@ class Parser {
   void parseRoutes(const Entry& e, std::vector<RouteConfig>& out) {
     if (e.value.IsNull()) return;  // `routes:` with nothing = no routes
     if (!e.value.IsSequence())
-      fail(valueMark(e), "routes: expected a list of { from: {endpoint, topic}, to: {endpoint, topic} }, got " +
-                             describe(e.value));
+      fail(valueMark(e),
+           "routes: expected a list of { from: {endpoint, topic}, to: {endpoint, topic} }, got " + describe(e.value));
     for (size_t i = 0; i < e.value.size(); ++i) {
       const YAML::Node item = e.value[i];
       const std::string path = "routes[" + std::to_string(i) + "]";
       YAML::Mark item_mark = item.Mark().is_null() ? e.key_mark : item.Mark();
       if (!item.IsMap())
-        fail(item_mark, path + ": expected a map { from: {endpoint, topic}, to: {endpoint, topic} }, got " +
-                            describe(item));
+        fail(item_mark,
+             path + ": expected a map { from: {endpoint, topic}, to: {endpoint, topic} }, got " + describe(item));
       RouteConfig r;
       RouteMarks marks;
       r.mark = toMark(item_mark);
@@ -558,11 +595,15 @@ class Parser {
           } else if (f.key == "topic") {
             std::string t = scalar(f, fpath, from ? "an MQTT-style topic filter" : "a topic template");
             if (from && !isValidFilter(t))
-              fail(f.value.Mark(), fpath + ": expected an MQTT-style topic filter ('+' a whole level, '#' only as "
-                                           "the whole last level), got '" + t + "'");
+              fail(f.value.Mark(), fpath +
+                                       ": expected an MQTT-style topic filter ('+' a whole level, '#' only as "
+                                       "the whole last level), got '" +
+                                       t + "'");
             if (!from && (t.empty() || t.find_first_of("+#") != std::string::npos))
-              fail(f.value.Mark(), fpath + ": expected a topic template without '+' or '#' (\"{topic}\" is the "
-                                           "inbound topic), got '" + t + "'");
+              fail(f.value.Mark(), fpath +
+                                       ": expected a topic template without '+' or '#' (\"{topic}\" is the "
+                                       "inbound topic), got '" +
+                                       t + "'");
             (from ? r.from_topic : r.to_topic) = t;
             have_topic = true;
           } else {
@@ -593,11 +634,11 @@ class Parser {
       const RouteConfig& r = cfg.routes[i];
       const std::string path = "routes[" + std::to_string(i) + "]";
       if (!known(r.from_endpoint))
-        fail(route_marks_[i].from_endpoint, path + ".from.endpoint: unknown endpoint '" + r.from_endpoint +
-                                                "' (defined: " + join(names, ", ") + ")");
+        fail(route_marks_[i].from_endpoint,
+             path + ".from.endpoint: unknown endpoint '" + r.from_endpoint + "' (defined: " + join(names, ", ") + ")");
       if (!known(r.to_endpoint))
-        fail(route_marks_[i].to_endpoint, path + ".to.endpoint: unknown endpoint '" + r.to_endpoint +
-                                              "' (defined: " + join(names, ", ") + ")");
+        fail(route_marks_[i].to_endpoint,
+             path + ".to.endpoint: unknown endpoint '" + r.to_endpoint + "' (defined: " + join(names, ", ") + ")");
     }
   }
 
@@ -607,9 +648,7 @@ class Parser {
 
 }  // namespace
 
-Config parseConfig(const std::string& text, const std::string& file_name) {
-  return Parser(file_name).parse(text);
-}
+Config parseConfig(const std::string& text, const std::string& file_name) { return Parser(file_name).parse(text); }
 
 Config loadConfig(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");

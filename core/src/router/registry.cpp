@@ -1,6 +1,4 @@
 #include <fcntl.h>
-#include <fingate/fin_codec.hpp>
-#include <fingate/registry.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -10,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fingate/fin_codec.hpp>
+#include <fingate/registry.hpp>
 #include <stdexcept>
 
 namespace fingate {
@@ -108,37 +108,29 @@ void Registry::account(const FinBinding& b, int delta) {
   if (b.session != 0 && !b.restored) bump(per_session_, std::make_pair(b.endpoint, b.session));
 }
 
-BindResult Registry::bind(const FinBinding& b) {
-  std::lock_guard lk(mu_);
-  BindResult r;
-  std::string conflict = conflictLocked(b);
-  if (!conflict.empty()) {
-    r.error = "capability_conflict";
-    r.detail = "'" + conflict + "' is bound to another live fin session";
-    return r;
+std::string Registry::limitLocked(const FinBinding& b, std::string& code) const {
+  if (fins_.count(b.fin_id)) return "";  // a new binding of a known fin adds nothing
+  // A new fin: what this session / endpoint already holds (kept counted, not scanned).
+  auto ep = per_endpoint_.find(b.endpoint);
+  size_t per_endpoint = ep == per_endpoint_.end() ? 0 : ep->second;
+  size_t per_session = 0;
+  if (b.session != 0) {
+    auto ss = per_session_.find({b.endpoint, b.session});
+    per_session = ss == per_session_.end() ? 0 : ss->second;
   }
+  code = "limit_fins_per_session";
+  if (b.session != 0 && per_session >= limits_.fins_per_session)
+    return "this session already has " + std::to_string(per_session) + " fin(s) (limits.fins_per_session)";
+  code = "limit_fins_per_endpoint";
+  if (per_endpoint >= limits_.fins_per_endpoint)
+    return "endpoint " + b.endpoint + " already has " + std::to_string(per_endpoint) +
+           " fin(s) (limits.fins_per_endpoint)";
+  return "";
+}
+
+void Registry::replaceLocked(const FinBinding& b, BindResult& r) {
   auto it = fins_.find(b.fin_id);
-  if (it == fins_.end()) {
-    // A new fin: what this session / endpoint already holds (kept counted, not scanned).
-    auto ep = per_endpoint_.find(b.endpoint);
-    size_t per_endpoint = ep == per_endpoint_.end() ? 0 : ep->second;
-    size_t per_session = 0;
-    if (b.session != 0) {
-      auto ss = per_session_.find({b.endpoint, b.session});
-      per_session = ss == per_session_.end() ? 0 : ss->second;
-    }
-    if (b.session != 0 && per_session >= limits_.fins_per_session) {
-      r.error = "limit_fins_per_session";
-      r.detail = "this session already has " + std::to_string(per_session) + " fin(s) (limits.fins_per_session)";
-      return r;
-    }
-    if (per_endpoint >= limits_.fins_per_endpoint) {
-      r.error = "limit_fins_per_endpoint";
-      r.detail = "endpoint " + b.endpoint + " already has " + std::to_string(per_endpoint) +
-                 " fin(s) (limits.fins_per_endpoint)";
-      return r;
-    }
-  } else {
+  if (it != fins_.end()) {
     r.prev = it->second;
     auto now = topicsOf(b);
     for (auto& t : topicsOf(*it->second))
@@ -151,7 +143,60 @@ BindResult Registry::bind(const FinBinding& b) {
   account(b, +1);
   r.gone.insert(r.gone.end(), dropped.begin(), dropped.end());
   changedLocked();
+}
+
+BindResult Registry::bind(const FinBinding& b) {
+  std::lock_guard lk(mu_);
+  BindResult r;
+  std::string conflict = conflictLocked(b);
+  if (!conflict.empty()) {
+    r.error = "capability_conflict";
+    r.detail = "'" + conflict + "' is bound to another live fin session";
+    return r;
+  }
+  std::string code;
+  r.detail = limitLocked(b, code);
+  if (!r.detail.empty()) {
+    r.error = code;
+    return r;
+  }
+  replaceLocked(b, r);
   return r;
+}
+
+BindResult Registry::adopt(FinBinding b) {
+  b.remote = true;
+  b.restored = false;
+  b.session = 0;
+  std::lock_guard lk(mu_);
+  BindResult r;
+  auto it = fins_.find(b.fin_id);
+  if (it != fins_.end() && !it->second->remote && !it->second->restored) {
+    r.error = "local_binding";
+    r.detail =
+        "this instance holds fin '" + b.fin_id.substr(0, 200) + "' itself (endpoint " + it->second->endpoint + ")";
+    return r;
+  }
+  for (auto& t : topicsOf(b)) {
+    auto o = by_topic_.find(t);
+    if (o != by_topic_.end() && o->second != b.fin_id) {
+      r.error = "capability_conflict";
+      r.detail = "'" + t.substr(0, 200) + "' is bound to fin '" + o->second.substr(0, 200) + "'";
+      return r;
+    }
+  }
+  std::string code;
+  r.detail = limitLocked(b, code);
+  if (!r.detail.empty()) {
+    r.error = code;
+    return r;
+  }
+  replaceLocked(b, r);
+  return r;
+}
+
+std::vector<FinBinding> Registry::dropRemote(const std::string& fin_id) {
+  return removeIf([&](const FinBinding& b) { return b.fin_id == fin_id && b.remote; });
 }
 
 std::string Registry::commit(const std::string& fin_id, const std::string& register_message_id) {
@@ -270,11 +315,57 @@ void Registry::setStateFile(std::string path, uint32_t delay_ms) {
   std::lock_guard lk(mu_);
   state_file_ = std::move(path);
   delay_ms_ = delay_ms;
-  if (!state_file_.empty() && !writer_.joinable()) writer_ = std::thread([this] { writerLoop(); });
+  startWriterLocked();
+}
+
+void Registry::startWriterLocked() {
+  if (writerWantedLocked() && !writer_.joinable()) writer_ = std::thread([this] { writerLoop(); });
+}
+
+void Registry::setReplicator(SharePredicate share, SharePublish publish) {
+  std::lock_guard rk(replicate_mu_);  // no publish is running past this point
+  std::lock_guard lk(mu_);
+  share_ = std::move(share);
+  publish_ = std::move(publish);
+  published_.clear();
+  startWriterLocked();
+  if (share_) changedLocked();  // publish what is bound already
+}
+
+void Registry::replicate() {
+  std::lock_guard rk(replicate_mu_);
+  std::map<std::string, Ptr> now;
+  SharePredicate share;
+  SharePublish publish;
+  {
+    std::lock_guard lk(mu_);
+    if (!share_ || !publish_) return;
+    now = fins_;
+    share = share_;
+    publish = publish_;
+  }
+  for (auto& [id, b] : now) {
+    if (b->remote || !share(*b)) continue;
+    auto p = published_.find(id);
+    if (p != published_.end() && p->second == b) continue;
+    publish(id, b.get());
+    published_[id] = b;
+  }
+  for (auto it = published_.begin(); it != published_.end();) {
+    auto n = now.find(it->first);
+    const bool still = n != now.end() && !n->second->remote && share(*n->second);
+    if (still) {
+      ++it;
+      continue;
+    }
+    // Gone here (or now another instance's): a tombstone, unless another instance holds it now.
+    if (n == now.end() || !n->second->remote) publish(it->first, nullptr);
+    it = published_.erase(it);
+  }
 }
 
 void Registry::changedLocked() {
-  if (state_file_.empty()) return;
+  if (!writerWantedLocked()) return;
   ++version_;
   if (!dirty_) {
     dirty_ = true;
@@ -284,7 +375,7 @@ void Registry::changedLocked() {
 
 void Registry::flush() {
   std::unique_lock lk(mu_);
-  if (state_file_.empty() || !writer_.joinable()) return;
+  if (!writerWantedLocked() || !writer_.joinable()) return;
   uint64_t want = version_;
   writer_cv_.notify_one();
   written_cv_.wait(lk, [&] { return written_version_ >= want || stop_writer_; });
@@ -300,48 +391,89 @@ void Registry::writerLoop() {
       writer_cv_.wait_for(lk, std::chrono::milliseconds(delay_ms_), [&] { return stop_writer_; });
     dirty_ = false;
     uint64_t v = version_;
-    std::string j = serializeLocked();
+    const bool to_file = !state_file_.empty();
+    std::string j = to_file ? serializeLocked() : std::string();
     lk.unlock();
-    writeFile(j);  // the registry lock is not held while the file is written and fsynced
-    writes_.fetch_add(1);
+    if (to_file) {
+      writeFile(j);  // the registry lock is not held while the file is written and fsynced
+      writes_.fetch_add(1);
+    }
+    replicate();
     lk.lock();
     written_version_ = v;
     written_cv_.notify_all();
   }
 }
 
+namespace {
+void appendRecord(std::string& j, const FinBinding& b) {
+  auto str = [&](const char* key, const std::string& v) {
+    j += '"';
+    j += key;
+    j += "\":\"";
+    fin::appendJsonEscaped(j, v);
+    j += '"';
+  };
+  j += '{';
+  str("fin_id", b.fin_id);
+  j += ',';
+  str("endpoint", b.endpoint);
+  j += ",\"capabilities\":[";
+  for (size_t i = 0; i < b.capabilities.size(); ++i) {
+    if (i) j += ',';
+    j += '"';
+    fin::appendJsonEscaped(j, b.capabilities[i]);
+    j += '"';
+  }
+  j += "],\"acked\":";
+  j += b.acked ? "true" : "false";
+  j += ",\"registered_at\":" + std::to_string(b.registered_at) + ",";
+  str("register_message_id", b.register_message_id);
+  j += ',';
+  str("register_payload", b.register_payload);
+  j += '}';
+}
+
+// One binding from a parsed record (state file entry or shared-registry record).
+FinBinding fromNode(const YAML::Node& n) {
+  if (!n.IsMap()) throw std::runtime_error("a binding is not a map");
+  FinBinding b;
+  b.fin_id = n["fin_id"].as<std::string>();
+  b.endpoint = n["endpoint"].as<std::string>();
+  if (n["capabilities"] && !n["capabilities"].IsSequence()) throw std::runtime_error("capabilities is not a list");
+  for (const auto& c : n["capabilities"]) b.capabilities.push_back(c.as<std::string>());
+  b.acked = n["acked"].as<bool>(false);
+  b.registered_at = n["registered_at"].as<int64_t>(0);
+  b.register_message_id = n["register_message_id"].as<std::string>("");
+  b.register_payload = n["register_payload"].as<std::string>("");
+  return b;
+}
+}  // namespace
+
+std::string bindingRecord(const FinBinding& b) {
+  std::string j;
+  appendRecord(j, b);
+  return j;
+}
+
+std::optional<FinBinding> bindingFromRecord(const std::string& json, std::string& error) {
+  try {
+    return fromNode(YAML::Load(json));
+  } catch (const std::exception& e) {
+    error = e.what();
+    return std::nullopt;
+  }
+}
+
 std::string Registry::serializeLocked() const {
+  // Remote bindings are not kept: the shared registry is their source, read again at start.
   std::string j = "{\"version\":1,\"fins\":[";
   bool first = true;
   for (auto& [id, bp] : fins_) {
-    const FinBinding& b = *bp;
+    if (bp->remote) continue;
     if (!first) j += ',';
     first = false;
-    auto str = [&](const char* key, const std::string& v) {
-      j += '"';
-      j += key;
-      j += "\":\"";
-      fin::appendJsonEscaped(j, v);
-      j += '"';
-    };
-    j += '{';
-    str("fin_id", b.fin_id);
-    j += ',';
-    str("endpoint", b.endpoint);
-    j += ",\"capabilities\":[";
-    for (size_t i = 0; i < b.capabilities.size(); ++i) {
-      if (i) j += ',';
-      j += '"';
-      fin::appendJsonEscaped(j, b.capabilities[i]);
-      j += '"';
-    }
-    j += "],\"acked\":";
-    j += b.acked ? "true" : "false";
-    j += ",\"registered_at\":" + std::to_string(b.registered_at) + ",";
-    str("register_message_id", b.register_message_id);
-    j += ',';
-    str("register_payload", b.register_payload);
-    j += '}';
+    appendRecord(j, *bp);
   }
   j += "]}\n";
   return j;
@@ -388,16 +520,7 @@ void Registry::load(const std::function<bool(const std::string&)>& endpoint_know
     YAML::Node root = YAML::LoadFile(state_file_);
     if (!root.IsMap() || !root["fins"] || !root["fins"].IsSequence()) throw std::runtime_error("no 'fins' list");
     for (const auto& n : root["fins"]) {
-      if (!n.IsMap()) throw std::runtime_error("a 'fins' entry is not a map");
-      FinBinding b;
-      b.fin_id = n["fin_id"].as<std::string>();
-      b.endpoint = n["endpoint"].as<std::string>();
-      if (n["capabilities"] && !n["capabilities"].IsSequence()) throw std::runtime_error("capabilities is not a list");
-      for (const auto& c : n["capabilities"]) b.capabilities.push_back(c.as<std::string>());
-      b.acked = n["acked"].as<bool>(false);
-      b.registered_at = n["registered_at"].as<int64_t>(0);
-      b.register_message_id = n["register_message_id"].as<std::string>("");
-      b.register_payload = n["register_payload"].as<std::string>("");
+      FinBinding b = fromNode(n);
       b.restored = true;
       b.session = 0;
       loaded.push_back(std::move(b));
@@ -410,8 +533,8 @@ void Registry::load(const std::function<bool(const std::string&)>& endpoint_know
     std::string aside = state_file_ + ".corrupt-" + std::to_string(::time(nullptr));
     std::error_code ec;
     std::filesystem::rename(state_file_, aside, ec);
-    spdlog::error("state: {} is not a valid state file ({}); moved aside to {}; starting with no bindings",
-                  state_file_, why, ec ? "(could not move: " + ec.message() + ")" : aside);
+    spdlog::error("state: {} is not a valid state file ({}); moved aside to {}; starting with no bindings", state_file_,
+                  why, ec ? "(could not move: " + ec.message() + ")" : aside);
     return;
   }
   std::lock_guard lk(mu_);
@@ -429,7 +552,8 @@ void Registry::load(const std::function<bool(const std::string&)>& endpoint_know
         bad = fin::validateId(c);
         if (!bad.empty()) bad = "capability '" + c.substr(0, 64) + "': " + bad;
       }
-    if (bad.empty() && endpoint_known && !endpoint_known(b.endpoint)) bad = "endpoint '" + b.endpoint + "' is not configured";
+    if (bad.empty() && endpoint_known && !endpoint_known(b.endpoint))
+      bad = "endpoint '" + b.endpoint + "' is not configured";
     if (bad.empty() && fins_.count(b.fin_id)) bad = "duplicate fin id";
     if (bad.empty())
       for (auto& t : topicsOf(b))

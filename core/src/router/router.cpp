@@ -1,12 +1,13 @@
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
 #include <fingate/fin_codec.hpp>
 #include <fingate/fin_compat.hpp>
 #include <fingate/plugin_loader.hpp>
 #include <fingate/router.hpp>
 #include <fingate/topic.hpp>
-#include <spdlog/spdlog.h>
-
-#include <algorithm>
-#include <chrono>
 #include <functional>
 
 namespace fingate {
@@ -140,8 +141,10 @@ void EchoWindow::popOldestLocked() {
   order_.pop_front();
   if (it == counts_.end()) return;
   // Records of one key are interchangeable: the used-up ones leave first.
-  if (it->second.consumed) it->second.consumed--;
-  else if (it->second.live) it->second.live--;
+  if (it->second.consumed)
+    it->second.consumed--;
+  else if (it->second.live)
+    it->second.live--;
   if (!it->second.consumed && !it->second.live) counts_.erase(it);
 }
 
@@ -190,7 +193,96 @@ Router::Router(Registry& registry, size_t dead_letter_capacity, const Limits& li
   registry_.setLimits({limits.fins_per_session, limits.fins_per_endpoint});
 }
 
-Router::~Router() = default;
+Router::~Router() { registry_.setReplicator({}, {}); }
+
+void Router::setRegistryEndpoint(const std::string& endpoint) {
+  {
+    std::lock_guard lk(config_mu_);
+    if (registry_endpoint_ == endpoint) return;
+    registry_endpoint_ = endpoint;
+  }
+  if (endpoint.empty())
+    registry_.setReplicator({}, {});
+  else
+    registry_.setReplicator([this](const FinBinding& b) { return shareable(b); },
+                            [this](const std::string& fin_id, const FinBinding* b) { publishShared(fin_id, b); });
+}
+
+std::string Router::registryEndpoint() const {
+  std::lock_guard lk(config_mu_);
+  return registry_endpoint_;
+}
+
+// ---- shared registry ---------------------------------------------------------------------------
+
+// Only bindings any instance can use are shared: those of broker-side fins endpoints (a session
+// binding names a client connected to this instance alone).
+bool Router::shareable(const FinBinding& b) const {
+  if (b.remote || b.restored) return false;
+  auto eps = endpoints();
+  auto ep = find(*eps, b.endpoint);
+  return ep && ep->role == Role::Fins && !ep->sessions;
+}
+
+void Router::publishShared(const std::string& fin_id, const FinBinding* b) {
+  auto eps = endpoints();
+  auto ep = find(*eps, registryEndpoint());
+  if (!ep) return;
+  OutMessage o;
+  o.topic = kBindingsPrefix + fin_id;
+  if (b) o.payload = bindingRecord(*b);  // empty = removed (a tombstone)
+  o.timestamp_ms = nowMs();
+  o.origin = ep->name;
+  counters_.registry_published++;
+  ep->out->send(std::move(o));
+}
+
+void Router::applyShared(const EndpointList& eps, RouterEndpoint& src, Envelope& m) {
+  const std::string fin_id = m.topic.substr(std::strlen(kBindingsPrefix));
+  auto ignored = [&](const std::string& why) {
+    counters_.registry_ignored++;
+    if (logAllowed("registry_ignored"))
+      spdlog::warn("shared registry: record of fin '{}' not applied: {}", fin_id.substr(0, 200), why);
+  };
+  if (m.payload.empty()) {
+    auto removed = registry_.dropRemote(fin_id);
+    unsubscribeBindings(removed);
+    counters_.registry_applied++;
+    if (m.tracker) m.tracker->raise(FG_OUTCOME_DELIVERED);
+    return;
+  }
+  std::string error;
+  auto b = bindingFromRecord(m.payload, error);
+  if (b && b->fin_id != fin_id) error = "its fin_id '" + b->fin_id.substr(0, 200) + "' is not the one in its topic";
+  if (b && error.empty()) {
+    error = fin::validateId(b->fin_id);
+    for (auto& c : b->capabilities)
+      if (error.empty()) error = fin::validateId(c);
+  }
+  if (!b || !error.empty()) {
+    ignored("unreadable: " + error);
+    deadLetter(src.name, m, "invalid_message", "shared registry record: " + error);
+    return;
+  }
+  auto target = find(eps, b->endpoint);
+  if (!target || target->role != Role::Fins || target->sessions) {
+    ignored("endpoint '" + b->endpoint +
+            "' is not a broker-side fins endpoint here (is every instance on the same config?)");
+    if (m.tracker) m.tracker->raise(FG_OUTCOME_FILTERED);
+    return;
+  }
+  BindResult res = registry_.adopt(*b);
+  if (!res.error.empty()) {
+    ignored(res.detail);
+    if (m.tracker) m.tracker->raise(FG_OUTCOME_FILTERED);
+    return;
+  }
+  std::vector<std::pair<std::string, uint64_t>> wait;  // nothing waits on these
+  subscribeBinding(eps, *b, res.prev.get(), wait);
+  if (!res.gone.empty()) unsubscribeTopics(eps, res.prev ? res.prev->endpoint : b->endpoint, res.gone);
+  counters_.registry_applied++;
+  if (m.tracker) m.tracker->raise(FG_OUTCOME_DELIVERED);
+}
 
 void Router::setLimits(const Limits& limits) {
   {
@@ -308,8 +400,8 @@ void Router::subscriptionSettled(const std::string& endpoint, uint64_t sub_id, f
         p->second.waiting.erase(sub_id);
         if (status != FG_OK) {
           p->second.refused = true;
-          p->second.refused_detail = "subscription to '" + filter.substr(0, 200) + "' on " + endpoint +
-                                     " refused" + (detail.empty() ? "" : ": " + detail);
+          p->second.refused_detail = "subscription to '" + filter.substr(0, 200) + "' on " + endpoint + " refused" +
+                                     (detail.empty() ? "" : ": " + detail);
         }
         if ((p->second.waiting.empty() || p->second.refused) && !p->second.posted) {
           p->second.posted = true;
@@ -352,6 +444,7 @@ void Router::subscribeBase() {
     if (e->role == Role::Orchestrator || (e->role == Role::Fins && !e->sessions)) base(*e, kSoarca);
   for (auto& r : *routes)
     if (auto e = find(*eps, r.from_endpoint)) base(*e, r.from_filter);
+  if (auto e = find(*eps, registryEndpoint())) base(*e, std::string(kBindingsPrefix) + "#");
   for (auto& b : registry_.snapshot())
     for (auto& e : *eps) {
       bool here = e->role == Role::Orchestrator || (e->name == b.endpoint && !e->sessions);
@@ -449,8 +542,8 @@ void Router::sendTo(const EndpointList& eps, const std::string& dst, OutMessage&
   send(*ep, std::move(m));
 }
 
-void Router::deadLetter(const std::string& src, const Envelope& m, const std::string& reason,
-                        const std::string& detail, fg_outcome o) {
+void Router::deadLetter(const std::string& src, const Envelope& m, const std::string& reason, const std::string& detail,
+                        fg_outcome o) {
   if (m.tracker) m.tracker->raise(o);
   DeadLetter d;
   d.time_ms = nowMs();
@@ -484,8 +577,7 @@ void Router::deliveryFailed(const std::string& endpoint, OutMessage&& m, const s
     spdlog::warn("dead letter for {} topic '{}': {} ({})", endpoint, m.topic.substr(0, 200), reason, detail);
   dead_letters_.add(std::move(d));
   // A command SOARCA sent and no fin will see: fail the step now rather than at its timeout.
-  if (m.nack_on_failure())
-    sendNack(m.nack_endpoint, m.topic, m.origin_session, m.nack_id);
+  if (m.nack_on_failure()) sendNack(m.nack_endpoint, m.topic, m.origin_session, m.nack_id);
   m.settle(FG_OUTCOME_DEAD_LETTERED);
 }
 
@@ -552,6 +644,10 @@ void Router::route(const std::string& src_name, Envelope&& m) {
     auto src = find(*eps, src_name);
     if (!src) {
       deadLetter(src_name, m, "no_endpoint", "source endpoint is gone");
+      return;
+    }
+    if (m.topic.rfind(kBindingsPrefix, 0) == 0 && src_name == registryEndpoint()) {
+      applyShared(*eps, *src, m);
       return;
     }
     if (!src->sessions && !src->out->noLocal() && echo_.consume(src->name, m.topic, m.payload)) {
@@ -657,7 +753,8 @@ bool Router::finMaySay(RouterEndpoint& src, const Envelope& m, const fin::Routin
     case fin::MsgType::Ack:
     case fin::MsgType::Nack:
       if (wasDelivered(src.name, m.session, r.message_id)) return true;
-      why = std::string("an ") + std::string(fin::toString(r.type)) + " of a message that was not delivered to this sender";
+      why = std::string("an ") + std::string(fin::toString(r.type)) +
+            " of a message that was not delivered to this sender";
       return false;
     default:
       why = "a " + std::string(fin::toString(r.type)) + " is not allowed on 'soarca' from a fins endpoint";
@@ -723,8 +820,8 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
   if (r.capability_ids.size() > max_caps) {
     limitHit("capabilities_per_register");
     reject(src, m, "limit_capabilities_per_register",
-           std::to_string(r.capability_ids.size()) + " capabilities in one register (limits.capabilities_per_register is " +
-               std::to_string(max_caps) + ")",
+           std::to_string(r.capability_ids.size()) +
+               " capabilities in one register (limits.capabilities_per_register is " + std::to_string(max_caps) + ")",
            &r, r.fin_id);
     return;
   }
@@ -783,7 +880,8 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
         auto k = sub_keys_.find(id);
         if (k == sub_keys_.end()) continue;
         auto& s = subs_.at(k->second);
-        if (s.state == SubState::Pending) waiting.insert(id);
+        if (s.state == SubState::Pending)
+          waiting.insert(id);
         else if (s.state == SubState::Refused && refused.empty())
           refused = "subscription to '" + k->second.second.substr(0, 200) + "' on " + ep + " refused" +
                     (s.detail.empty() ? "" : ": " + s.detail);
@@ -926,13 +1024,15 @@ void Router::backlog(const std::string& src, const std::string& fin_id, Envelope
     auto eps = endpoints();
     if (auto ep = find(*eps, src))
       reject(*ep, m, "restored_unclaimed",
-             "fin '" + fin_id.substr(0, 200) + "' was restored from the state file and has not registered again; the backlog "
-             "(limits.restored_backlog) is full",
+             "fin '" + fin_id.substr(0, 200) +
+                 "' was restored from the state file and has not registered again; the backlog "
+                 "(limits.restored_backlog) is full",
              &r);
     return;
   }
   backlog_count_++;
-  backlog_[fin_id].push_back(Backlogged{src, std::move(m), r.message_id_readable ? r.message_id : "", steadyMs() + ttl});
+  backlog_[fin_id].push_back(
+      Backlogged{src, std::move(m), r.message_id_readable ? r.message_id : "", steadyMs() + ttl});
 }
 
 void Router::flushBacklog(const std::string& fin_id) {
@@ -962,8 +1062,10 @@ void Router::expireBacklog() {
         q.pop_front();
         backlog_count_--;
       }
-      if (q.empty()) it = backlog_.erase(it);
-      else ++it;
+      if (q.empty())
+        it = backlog_.erase(it);
+      else
+        ++it;
     }
   }
   for (auto& b : expired) {
@@ -1075,8 +1177,10 @@ bool Router::takeReplayed(const std::string& message_id) {
   std::lock_guard lk(replay_mu_);
   int64_t now = steadyMs();
   for (auto it = replayed_.begin(); it != replayed_.end();) {
-    if (it->second < now) it = replayed_.erase(it);
-    else ++it;
+    if (it->second < now)
+      it = replayed_.erase(it);
+    else
+      ++it;
   }
   return replayed_.erase(message_id) != 0;
 }
@@ -1105,7 +1209,8 @@ void Router::replayRegisters(const std::string& orchestrator) {
       ++n;
     }
   }
-  if (n) spdlog::info("replayed {} stored register(s) to {}", n, orchestrator.empty() ? "the orchestrators" : orchestrator);
+  if (n)
+    spdlog::info("replayed {} stored register(s) to {}", n, orchestrator.empty() ? "the orchestrators" : orchestrator);
 }
 
 void Router::sessionClosed(const std::string& endpoint, uint64_t session) {

@@ -1,13 +1,13 @@
 #include <dirent.h>
-#include <fingate/fin_codec.hpp>
-#include <fingate/gateway.hpp>
-#include <fingate/plugin_loader.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <ctime>
 #include <filesystem>
+#include <fingate/fin_codec.hpp>
+#include <fingate/gateway.hpp>
+#include <fingate/plugin_loader.hpp>
 #include <map>
 #include <sstream>
 
@@ -228,7 +228,8 @@ std::vector<RouteRule> Gateway::routesOf(const Config& cfg) {
   return out;
 }
 
-std::vector<std::shared_ptr<Endpoint>> Gateway::buildEndpoints(const Config& cfg, const std::vector<std::string>& only) {
+std::vector<std::shared_ptr<Endpoint>> Gateway::buildEndpoints(const Config& cfg,
+                                                               const std::vector<std::string>& only) {
   std::string dir = resolvePluginsDir(cfg);
   LibCache libs;
   EndpointOptions opts;
@@ -266,6 +267,7 @@ void Gateway::start() {
   lk.unlock();  // the admin views take mu_; endpoints_ only changes on this thread
   try {
     for (auto& e : endpoints_) e->start();
+    router_->setRegistryEndpoint(cfg_.cluster.registry_endpoint);
     router_->subscribeBase();
   } catch (...) {
     lk.lock();
@@ -378,8 +380,10 @@ bool Gateway::reload(const Config& next, std::string& error) {
     }
   }
   for (auto& e : current) {
-    if (std::find(keep.begin(), keep.end(), e->name()) != keep.end()) kept.push_back(e);
-    else gone.push_back(e);
+    if (std::find(keep.begin(), keep.end(), e->name()) != keep.end())
+      kept.push_back(e);
+    else
+      gone.push_back(e);
   }
   std::vector<std::shared_ptr<Endpoint>> fresh;
   try {
@@ -400,6 +404,7 @@ bool Gateway::reload(const Config& next, std::string& error) {
   router_->setRoutes(routesOf(next));
   router_->setLimits(next.limits);
   router_->setSubscribeTimeout(next.subscribe_timeout_ms);
+  router_->setRegistryEndpoint(next.cluster.registry_endpoint);
   // 2. Then what goes drains and stops. Freed later, on this thread, once nothing else holds it.
   for (auto& e : gone) {
     e->drain(std::chrono::milliseconds(std::min<uint32_t>(cfg_.drain_timeout_ms, 2000)));
@@ -453,7 +458,9 @@ bool Gateway::ready(std::string& why) const {
       down.push_back(e->name() + (d.empty() ? "" : " (" + d + ")"));
     }
   if (!started_) {  // the admin listener answers while the endpoints start
-    why = endpoints_.empty() ? "not started" : down.empty() ? "starting" : "starting: endpoint(s) not up: " + join(down);
+    why = endpoints_.empty() ? "not started"
+          : down.empty()     ? "starting"
+                             : "starting: endpoint(s) not up: " + join(down);
     return false;
   }
   if (down.empty()) return true;
@@ -504,9 +511,8 @@ std::string Gateway::metricsText() const {
         [](const Endpoint& e) { return e.stats().reconnects.load(); });
   perEp("fingate_endpoint_up", "gauge", "1 when the endpoint is connected/listening.",
         [](const Endpoint& e) { return e.up() ? 1 : 0; });
-  perEp("fingate_sessions_open", "gauge", "Open client sessions (session transports).", [](const Endpoint& e) {
-    return e.stats().sessions_opened.load() - e.stats().sessions_closed.load();
-  });
+  perEp("fingate_sessions_open", "gauge", "Open client sessions (session transports).",
+        [](const Endpoint& e) { return e.stats().sessions_opened.load() - e.stats().sessions_closed.load(); });
   head("fingate_queue_depth", "gauge", "Messages waiting in the endpoint's queues.");
   for (auto& e : endpoints_) {
     o << "fingate_queue_depth{endpoint=\"" << label(e->name()) << "\",direction=\"in\"} " << e->inboundDepth() << '\n';
@@ -521,8 +527,8 @@ std::string Gateway::metricsText() const {
     std::string ep = label(e->name());
     for (size_t i = 0; i < kLatencyBuckets.size(); ++i) {
       cum += s.latency[i].load();
-      o << "fingate_route_latency_seconds_bucket{endpoint=\"" << ep << "\",le=\"" << kLatencyBuckets[i] << "\"} "
-        << cum << '\n';
+      o << "fingate_route_latency_seconds_bucket{endpoint=\"" << ep << "\",le=\"" << kLatencyBuckets[i] << "\"} " << cum
+        << '\n';
     }
     cum += s.latency[kLatencyBuckets.size()].load();
     o << "fingate_route_latency_seconds_bucket{endpoint=\"" << ep << "\",le=\"+Inf\"} " << cum << '\n';
@@ -549,13 +555,16 @@ std::string Gateway::metricsText() const {
   o << "fingate_compat_repairs_total{kind=\"nack_to_ack\"} " << c.compat_nacks_to_acks.load() << '\n';
   head("fingate_registers_replayed_total", "counter", "Stored registers re-sent to orchestrator endpoints.");
   o << "fingate_registers_replayed_total " << c.registers_replayed.load() << '\n';
-  head("fingate_replay_replies_swallowed_total", "counter", "Orchestrator answers to replayed registers not forwarded.");
+  head("fingate_replay_replies_swallowed_total", "counter",
+       "Orchestrator answers to replayed registers not forwarded.");
   o << "fingate_replay_replies_swallowed_total " << c.replay_replies_swallowed.load() << '\n';
   head("fingate_limit_hits_total", "counter", "Times a configured limit refused something, by limit.");
-  for (auto& [limit, n] : router_->limitHits()) o << "fingate_limit_hits_total{limit=\"" << label(limit) << "\"} " << n << '\n';
+  for (auto& [limit, n] : router_->limitHits())
+    o << "fingate_limit_hits_total{limit=\"" << label(limit) << "\"} " << n << '\n';
   head("fingate_dead_letter_bytes", "gauge", "Payload bytes kept in the dead-letter store.");
   o << "fingate_dead_letter_bytes " << router_->deadLetters().bytes() << '\n';
-  head("fingate_dead_letters_evicted_total", "counter", "Dead letters dropped from the store to keep it within its budget.");
+  head("fingate_dead_letters_evicted_total", "counter",
+       "Dead letters dropped from the store to keep it within its budget.");
   o << "fingate_dead_letters_evicted_total " << router_->deadLetters().evicted() << '\n';
   head("fingate_dead_letter_retries_total", "counter", "Dead letters re-published through the admin API.");
   o << "fingate_dead_letter_retries_total " << c.dead_letter_retries.load() << '\n';
@@ -569,6 +578,11 @@ std::string Gateway::metricsText() const {
   o << "fingate_echo_window_overflow_total " << router_->echoWindowOverflow() << '\n';
   head("fingate_restored_claimed_total", "counter", "Restored bindings claimed by a register from a live session.");
   o << "fingate_restored_claimed_total " << c.restored_claimed.load() << '\n';
+  head("fingate_shared_registry_records_total", "counter",
+       "Shared binding registry records: published by this instance, applied from others, ignored.");
+  o << "fingate_shared_registry_records_total{op=\"published\"} " << c.registry_published.load() << '\n';
+  o << "fingate_shared_registry_records_total{op=\"applied\"} " << c.registry_applied.load() << '\n';
+  o << "fingate_shared_registry_records_total{op=\"ignored\"} " << c.registry_ignored.load() << '\n';
   head("fingate_state_writes_total", "counter", "Writes of the state file (changes are coalesced).");
   o << "fingate_state_writes_total " << registry_.writes() << '\n';
   head("fingate_bindings", "gauge", "Fins currently bound.");
@@ -599,6 +613,8 @@ std::string Gateway::finsJson() const {
     jstr(j, rfc3339(b.registered_at));
     j += ",\"restored\":";
     j += b.restored ? "true" : "false";
+    j += ",\"remote\":";
+    j += b.remote ? "true" : "false";
     j += '}';
   }
   j += "]}\n";

@@ -544,3 +544,17 @@ TEST(ConfigTestCompat, CompatAndRegisterReplay) {
 }
 
 }  // namespace
+
+TEST(ConfigTest, ClusterRegistryEndpoint) {
+  const std::string eps =
+      "endpoints:\n"
+      "  soarca: { plugin: mqtt, role: orchestrator, url: tcp://127.0.0.1:1883 }\n"
+      "  bus: { plugin: kafka, role: fins, brokers: 127.0.0.1:9092 }\n";
+  Config c = fingate::parseConfig("cluster: { registry_endpoint: bus }\n" + eps, "c.yaml");
+  EXPECT_EQ(c.cluster.registry_endpoint, "bus");
+  EXPECT_EQ(fingate::parseConfig(eps, "c.yaml").cluster.registry_endpoint, "");
+  EXPECT_EQ(where(errorOf("cluster: { registry_endpoint: nope }\n" + eps)),
+            "1:31: cluster.registry_endpoint: unknown endpoint 'nope' (endpoints: soarca, bus)");
+  EXPECT_EQ(where(errorOf("cluster: { registry: bus }\n" + eps)),
+            "1:12: cluster.registry: unknown key (expected registry_endpoint)");
+}
