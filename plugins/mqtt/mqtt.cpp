@@ -86,7 +86,15 @@ struct Settings {
   size_t hold_max = 65536;             // inbound messages held after the host answered RETRY
   size_t hold_max_bytes = 64u << 20;   // ... and their bytes (topic + payload + headers)
   size_t queue_max = 10000;
+  // MQTT 5 shared subscriptions ($share/<group>/<filter>): instances with the same group each
+  // take a share of every subscription's messages. Publishes carry the user property
+  // fingate-group=<group>, and a message that carries it is dropped on receipt: it came from an
+  // instance of the group, whichever instance the broker handed it to (no-local cannot be used
+  // on a shared subscription, and an echo may reach another instance than its sender).
+  std::string shared_group;
 };
+
+constexpr const char* kGroupProperty = "fingate-group";
 
 constexpr long long kDefaultHoldMax = 65536;
 constexpr long long kDefaultHoldMaxBytes = 64ll << 20;
@@ -196,6 +204,16 @@ Settings parseSettings(const Config& cfg) {
   if (s.has_password && s.username.empty()) throw ConfigError("password", "needs a username");
   s.prefix = cfg.get("topic_prefix", "");
   if (hasControlOrWildcard(s.prefix)) throw ConfigError("topic_prefix", "must not contain '+', '#' or control characters");
+  s.shared_group = cfg.get("shared_group", "");
+  if (cfg.has("shared_group")) {
+    if (s.shared_group.empty() || s.shared_group.find_first_of("/+#") != std::string::npos ||
+        hasControlOrWildcard(s.shared_group) || s.shared_group.size() > 256)
+      throw ConfigError("shared_group", "expected a name without '/', '+', '#' or control characters (e.g. fingate)");
+    if (s.version == VersionMode::V311)
+      throw ConfigError("shared_group", "needs MQTT 5 (mqtt_version: 5 or auto): instances recognise each "
+                                        "other's publishes by a user property");
+    s.version = VersionMode::V5;  // no fallback to 3.1.1
+  }
   s.ca_file = cfg.get("tls.ca_file", "");
   s.cert_file = cfg.get("tls.cert_file", "");
   s.key_file = cfg.get("tls.key_file", "");
@@ -425,6 +443,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
 
   fg_status subscribe(std::string_view filter, uint64_t sub_id) override {
     std::string broker = s_.prefix + std::string(filter);
+    if (!s_.shared_group.empty()) broker = "$share/" + s_.shared_group + "/" + broker;
     if (filter.empty() || !fingate::isValidFilter(filter) || !fingate::isValidFilter(broker) ||
         broker.find('\0') != std::string::npos || broker.size() > 65535) {
       host_.error("mqtt " + s_.url + ": invalid subscription filter '" + std::string(filter) + "'" +
@@ -923,9 +942,11 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         op.out.attempts++;
         msg = mqtt::message::create(op.out.topic, op.out.payload.data(), op.out.payload.size(), s_.qos, false);
         version = version_;
-        if (version == kV5 && !op.out.headers.empty()) {
+        if (version == kV5 && (!op.out.headers.empty() || !s_.shared_group.empty())) {
           mqtt::properties props;
           for (auto& [k, v] : op.out.headers) props.add(mqtt::property(mqtt::property::USER_PROPERTY, k, v));
+          if (!s_.shared_group.empty())
+            props.add(mqtt::property(mqtt::property::USER_PROPERTY, kGroupProperty, s_.shared_group));
           msg->set_properties(std::move(props));
         }
         ops_.emplace(id, std::move(op));
@@ -992,7 +1013,9 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         // message apart when several subscriptions match it.
         mqtt::properties props;
         if (sid) props.add(mqtt::property(mqtt::property::SUBSCRIPTION_IDENTIFIER, sid));
-        client().subscribe(g.broker_filter, s_.qos, opCtx(id), sub_listener_, mqtt::subscribe_options(true), props);
+        // (A shared subscription may not ask for no-local: the group property does that job.)
+        client().subscribe(g.broker_filter, s_.qos, opCtx(id), sub_listener_,
+                           mqtt::subscribe_options(s_.shared_group.empty()), props);
       } else
         client().subscribe(g.broker_filter, s_.qos, opCtx(id), sub_listener_);
       return true;
@@ -1268,6 +1291,10 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       size_t n = props.count(mqtt::property::USER_PROPERTY);
       for (size_t i = 0; i < n; ++i) {
         auto kv = mqtt::get<mqtt::string_pair>(props, mqtt::property::USER_PROPERTY, i);
+        if (!s_.shared_group.empty() && std::get<0>(kv) == kGroupProperty && std::get<1>(kv) == s_.shared_group) {
+          ++group_echoes_;  // published by an instance of this group (this one or another)
+          return;
+        }
         headers.emplace_back(std::get<0>(kv), std::get<1>(kv));
       }
     } catch (...) {
@@ -1593,6 +1620,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   std::atomic<uint64_t> acked_unknown_{0};
   std::atomic<uint64_t> paho_busy_{0};  // publishes paho refused as busy (-4, -12)
 
+  std::atomic<uint64_t> group_echoes_{0};  // shared_group: the group's own publishes dropped on receipt
   std::atomic<int> callbacks_active_{0};
   std::atomic<bool> callbacks_closed_{false};
   bool fallback_logged_ = false;  // worker only
@@ -1607,4 +1635,4 @@ FG_DEFINE_PLUGIN(MqttPlugin, "mqtt", "0.1.0", FG_CAP_DELIVERY | FG_CAP_SUBSCRIBE
                  "mqtt_version", "username", "password", "topic_prefix", "tls.ca_file", "tls.cert_file", "tls.key_file",
                  "tls.verify", "keepalive_s", "reconnect_min_ms", "reconnect_max_ms", "connect_retry",
                  "connect_timeout_ms", "inbound_hold_max", "inbound_hold_max_bytes", "inflight_max", "queue_max",
-                 "clean_session")
+                 "clean_session", "shared_group")
