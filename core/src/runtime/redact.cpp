@@ -379,6 +379,9 @@ std::string redactText(std::string_view text) {
       size_t colon = text.substr(a, e - a).find(':');
       if (e == text.size() && colon != std::string_view::npos && text[a] != '[') {
         std::string_view rest = text.substr(a + colon + 1);
+        // A port closed by punctuation of the sentence around it ("(on tcp://h:7401)") is a port.
+        while (!rest.empty() && std::string_view(").,;]").find(rest.back()) != std::string_view::npos)
+          rest.remove_suffix(1);
         if (rest.find_first_not_of("0123456789") != std::string_view::npos) {
           out.append(text.substr(i, a + colon + 1 - i));
           out += kRedacted;

@@ -193,6 +193,10 @@ TEST(RedactText, TextCutInsideTheUserinfo) {
   EXPECT_EQ(redactText("x tcp://host:18"), "x tcp://host:18");
   EXPECT_EQ(redactText("x tcp://[::1"), "x tcp://[::1");
   EXPECT_EQ(redactText("x tcp://host:1883 y"), "x tcp://host:1883 y");
+  // A port closed by the sentence's punctuation at the end of the text is still a port.
+  EXPECT_EQ(redactText("up (listening on tcp://127.0.0.1:35097)"), "up (listening on tcp://127.0.0.1:35097)");
+  EXPECT_EQ(redactText("x tcp://host:1883."), "x tcp://host:1883.");
+  EXPECT_EQ(redactText("x tcp://user:pa)"), "x tcp://user:***");
 }
 
 TEST(RedactText, UrlInsideWhatLooksLikeAnotherAuthority) {
