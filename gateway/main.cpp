@@ -1,7 +1,8 @@
-// fingate: the command line. Each subcommand lives in commands.cpp.
+// fingate: the command line. Each subcommand lives in commands.cpp (pub/sub: pubsub.cpp).
 #include <CLI/CLI.hpp>
 
 #include "commands.hpp"
+#include "pubsub.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"fingate: a message-broker-agnostic gateway for the SOARCA Fin protocol"};
@@ -15,6 +16,10 @@ int main(int argc, char** argv) {
   validate->add_option("config", config, "Config file")->required();
   auto* plugins = app.add_subcommand("plugins", "List the plugins that load, with versions and config keys");
   plugins->add_option("--dir", dir, "Plugin directory (default: ../plugins next to the binary)");
+  fingate::cli::PubArgs pub_args;
+  auto* pub = fingate::cli::addPubCommand(app, pub_args);
+  fingate::cli::SubArgs sub_args;
+  auto* sub = fingate::cli::addSubCommand(app, sub_args);
 
   try {
     app.parse(argc, argv);
@@ -25,5 +30,7 @@ int main(int argc, char** argv) {
   if (*run) return fingate::cli::run(config);
   if (*validate) return fingate::cli::validate(config);
   if (*plugins) return fingate::cli::plugins(dir);
+  if (*pub) return fingate::cli::pub(pub_args);
+  if (*sub) return fingate::cli::sub(sub_args);
   return 2;
 }
