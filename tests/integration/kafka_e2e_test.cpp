@@ -225,7 +225,9 @@ TEST_F(KafkaE2E, ScaleOutKill9LosesNothing) {
   // One gateway takes the register (shared subscription) and forwards it; the other learns the
   // binding from the registry topic.
   ASSERT_TRUE(gotRecord(fromGateway(soarca_in, "fin.soarca"), "soarca", kReg));
-  auto knows = [&](GatewayProcess& g) { return httpGet(g.adminPort(), "/v1/fins").body.find(kFin) != std::string::npos; };
+  auto knows = [&](GatewayProcess& g) {
+    return httpGet(g.adminPort(), "/v1/fins").body.find(kFin) != std::string::npos;
+  };
   ASSERT_TRUE(waitFor([&] { return knows(*gw) && knows(*gw2); }, 30s));
 
   constexpr int kCommands = 1000;

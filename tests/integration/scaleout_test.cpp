@@ -12,6 +12,9 @@
 #include <set>
 
 #include "gateway_process.hpp"
+#ifdef FINGATE_SCALEOUT_KAFKA
+#include "kafka_mock.hpp"
+#endif
 #include "mosquitto.hpp"
 #include "mqtt_test_client.hpp"
 
@@ -145,5 +148,75 @@ TEST_F(ScaleOut, SharedSubscriptionsForwardEachCommandOnceAndTheSurvivorTakesAll
   EXPECT_EQ(dup, 0);
   EXPECT_GE(metricValue(a->adminPort(), in), in_a + kN);
 }
+
+#ifdef FINGATE_SCALEOUT_KAFKA
+// The shared registry: a fin registers through one instance (whichever the fins broker's shared
+// subscription hands its register to); the other learns the binding from the compacted Kafka
+// topic; the first is killed with SIGKILL; SOARCA's next command still reaches the fin.
+TEST_F(ScaleOut, ABindingLearnedThroughOneInstanceIsRoutedByAnotherAfterItDies) {
+  Mosquitto soarca_broker, fins_broker;
+  KafkaMockOptions ko;
+  ko.topics = {"fingate.bindings"};
+  KafkaMock kafka(ko);
+  const std::string body =
+      "cluster: { registry_endpoint: registry }\nendpoints:\n"
+      "  soarca: { plugin: mqtt, role: orchestrator, url: \"" +
+      soarca_broker.url() +
+      "\", qos: 1, shared_group: fg-soarca }\n"
+      "  fins: { plugin: mqtt, role: fins, url: \"" +
+      fins_broker.url() +
+      "\", qos: 1, shared_group: fg-fins }\n"
+      "  registry: { plugin: kafka, role: bridge, brokers: \"" +
+      kafka.bootstrap() + "\", registry_topic: fingate.bindings }\n";
+  a = std::make_unique<GatewayProcess>("reg-a", body);
+  b = std::make_unique<GatewayProcess>("reg-b", body);
+  ASSERT_TRUE(a->start({"soarca", "fins", "registry"}, 40s));
+  ASSERT_TRUE(b->start({"soarca", "fins", "registry"}, 40s));
+
+  MqttTestClient soarca(soarca_broker.url(), "soarca", 3, 1);
+  soarca.subscribe("soarca");
+  MqttTestClient fin(fins_broker.url(), "fin", 5, 1);
+  fin.subscribe(kCap, true);
+  fin.publish("soarca", kReg);
+  auto reg = soarca.recvOn("soarca", 15s);
+  ASSERT_TRUE(reg) << "SOARCA never got the register";
+  EXPECT_EQ(reg->payload, kReg);
+
+  // Both instances know the fin: one bound it, the other adopted it from the registry topic.
+  auto knows = [&](GatewayProcess& g, bool remote) {
+    auto body = httpGet(g.adminPort(), "/v1/fins").body;
+    return body.find(kFin) != std::string::npos &&
+           body.find(remote ? "\"remote\":true" : "\"remote\":false") != std::string::npos;
+  };
+  ASSERT_TRUE(
+      waitFor([&] { return (knows(*a, false) && knows(*b, true)) || (knows(*a, true) && knows(*b, false)); }, 20s))
+      << "a: " << httpGet(a->adminPort(), "/v1/fins").body << "\nb: " << httpGet(b->adminPort(), "/v1/fins").body;
+  GatewayProcess& owner = knows(*a, false) ? *a : *b;
+  GatewayProcess& other = &owner == a.get() ? *b : *a;
+  EXPECT_GE(metricValue(other.adminPort(), "fingate_shared_registry_records_total{op=\"applied\"}"), 1);
+  // Its subscription of the fin's ids on SOARCA's broker is in place once it has adopted it;
+  // SOARCA's only register came from the owner (the other never forwards what it learned).
+  EXPECT_FALSE(soarca.recvOn("soarca", 1s)) << "a second register reached SOARCA";
+
+  ASSERT_EQ(::kill(owner.process().pid(), SIGKILL), 0);
+  owner.process().wait(10s);
+  // The broker may still count the dead member for a moment: commands are sent until one
+  // arrives (each one a new message id), a bounded number of times.
+  std::optional<MqttTestClient::Msg> got;
+  int attempts = 0;
+  while (!got && attempts < 10) {
+    soarca.publish(kCap, commandWithId("after-kill-" + std::to_string(attempts++)));
+    got = fin.recvOn(kCap, 2s);
+  }
+  ASSERT_TRUE(got) << "no command reached the fin after its instance died";
+  EXPECT_EQ(messageIdOf(got->payload).rfind("after-kill-", 0), 0u);
+  EXPECT_GT(metricValue(other.adminPort(), "fingate_messages_in_total{endpoint=\"soarca\"}"), 0);
+
+  // An instance started afterwards (an empty state directory) rebuilds the binding from the topic.
+  GatewayProcess fresh("reg-c", body);
+  ASSERT_TRUE(fresh.start({"soarca", "fins", "registry"}, 40s));
+  EXPECT_TRUE(waitFor([&] { return knows(fresh, true); }, 20s)) << httpGet(fresh.adminPort(), "/v1/fins").body;
+}
+#endif
 
 }  // namespace
