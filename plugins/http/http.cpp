@@ -49,6 +49,7 @@
 #include <cstring>
 #include <deque>
 #include <fingate/plugin_sdk.hpp>
+#include <fingate/topic.hpp>
 #include <fstream>
 #include <functional>
 #include <list>
@@ -84,16 +85,7 @@ const std::string kSoarca = "soarca";
 
 int64_t nowMs() { return std::chrono::duration_cast<Ms>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
-// Client-supplied text made safe for a log line: truncated, control bytes as '?'.
-std::string printable(std::string_view s, size_t max = kMaxLogTopic) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < max; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    out += (c < 0x20 || c == 0x7f) ? '?' : static_cast<char>(c);
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
+std::string printable(std::string_view s, size_t max = kMaxLogTopic) { return sdk::printable(s, max); }
 
 std::string jsonEscape(std::string_view s) {
   std::string out;
@@ -155,29 +147,6 @@ std::string percentEncode(std::string_view s) {
   return out;
 }
 
-bool validUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t n;
-    if (c < 0x80)
-      n = 0;
-    else if ((c >> 5) == 6)
-      n = 1;
-    else if ((c >> 4) == 14)
-      n = 2;
-    else if ((c >> 3) == 30)
-      n = 3;
-    else
-      return false;
-    if (n && i + n >= s.size()) return false;
-    for (size_t k = 1; k <= n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
-    i += n + 1;
-  }
-  return true;
-}
-
 // A decoded topic as the gateway accepts it; empty string = fine, else why not.
 std::string topicProblem(std::string_view t) {
   if (t.empty()) return "the topic is empty";
@@ -189,7 +158,7 @@ std::string topicProblem(std::string_view t) {
     if (c < 0x20 || c == 0x7f) return "the topic contains a control character";
     if (c == '+' || c == '#') return "the topic contains a wildcard ('+' or '#')";
   }
-  if (!validUtf8(t)) return "the topic is not valid UTF-8";
+  if (!isValidUtf8(t)) return "the topic is not valid UTF-8";
   if (t.front() == '/' || t.back() == '/') return "the topic starts or ends with '/'";
   size_t start = 0;
   while (true) {
@@ -213,25 +182,6 @@ Digest sha256(std::string_view s) {
 }
 
 // ---- configuration -----------------------------------------------------------------------
-
-struct HostPort {
-  std::string host;
-  int port = 0;
-};
-
-HostPort parseHostPort(const std::string& key, const std::string& v) {
-  const size_t colon = v.rfind(':');
-  if (colon == std::string::npos) throw ConfigError(key, "expected host:port, got '" + v + "'");
-  std::string host = v.substr(0, colon);
-  const std::string port = v.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host.empty()) throw ConfigError(key, "expected host:port, the host is missing in '" + v + "'");
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
-    throw ConfigError(key, "expected host:port with a numeric port, got '" + v + "'");
-  const unsigned long p = std::stoul(port);
-  if (p > 65535) throw ConfigError(key, "the port must be 0..65535, got " + port);
-  return HostPort{host, static_cast<int>(p)};
-}
 
 struct WebhookUrl {
   std::string base;  // scheme://host:port (what httplib::Client takes)
@@ -269,7 +219,7 @@ WebhookUrl parseWebhook(const std::string& v) {
 
 struct Settings {
   bool listen = false;
-  HostPort address;
+  sdk::HostPort address;
   std::string token;                                            // shared bearer token (session 0)
   std::vector<std::pair<std::string, std::string>> fin_tokens;  // fin id -> token
   bool webhook = false;
@@ -331,14 +281,10 @@ void addFinToken(Settings& s, const std::string& key, const std::string& fin, co
 }
 
 Settings parseSettings(const sdk::Config& cfg) {
-  for (const auto& [key, value] : cfg.all()) {
-    bool known = key.rfind("tokens.", 0) == 0 && key.size() > 7;
-    for (const char* k : kKnownKeys) known = known || key == k;
-    if (!known) throw ConfigError(key, "unknown key for the http plugin");
-  }
+  cfg.rejectUnknown(kKnownKeys, "http");
   Settings s;
   s.listen = cfg.has("listen");
-  if (s.listen) s.address = parseHostPort("listen", cfg.get("listen"));
+  if (s.listen) s.address = sdk::parseHostPort("listen", cfg.get("listen"), true);
   s.webhook = cfg.has("webhook");
   if (s.webhook) s.hook = parseWebhook(cfg.get("webhook"));
   if (!s.listen && !s.webhook)
@@ -461,40 +407,6 @@ const char* const kReasonNames[kReasonCount] = {"unauthorized",       "body_too_
                                                 "back_pressure",      "host_refused",
                                                 "refused_by_gateway", "stopping"};
 
-// Logs at most kBurst lines per window, then counts what it suppressed.
-class RateLimitedLog {
- public:
-  void log(const sdk::Host& host, fg_log_level level, const std::string& msg) {
-    std::string summary;
-    bool emit = false;
-    {
-      std::lock_guard lk(mu_);
-      const auto now = Clock::now();
-      if (now - window_start_ > std::chrono::seconds(10)) {
-        if (suppressed_) summary = std::to_string(suppressed_) + " similar log lines suppressed";
-        window_start_ = now;
-        count_ = 0;
-        suppressed_ = 0;
-      }
-      if (count_ < kBurst) {
-        ++count_;
-        emit = true;
-      } else {
-        ++suppressed_;
-      }
-    }
-    if (!summary.empty()) host.log(FG_LOG_WARN, "http: " + summary);
-    if (emit) host.log(level, msg);
-  }
-
- private:
-  static constexpr int kBurst = 20;
-  std::mutex mu_;
-  Clock::time_point window_start_ = Clock::now();
-  int count_ = 0;
-  uint64_t suppressed_ = 0;
-};
-
 // ---- queued messages ---------------------------------------------------------------------
 
 // The outcome of one publish that went to several connections.
@@ -564,7 +476,7 @@ class Webhook {
     uint64_t delivery_id;
     fg_delivery status;
   };
-  Webhook(const Settings& cfg, const sdk::Host& host, RateLimitedLog& log,
+  Webhook(const Settings& cfg, const sdk::Host& host, sdk::RateLimitedLog& log,
           std::function<void(uint64_t, fg_delivery, bool)> report)
       : cfg_(cfg), host_(host), log_(log), report_(std::move(report)) {}
   ~Webhook() { stop(); }
@@ -721,7 +633,7 @@ class Webhook {
 
   const Settings& cfg_;
   const sdk::Host& host_;
-  RateLimitedLog& log_;
+  sdk::RateLimitedLog& log_;
   std::function<void(uint64_t, fg_delivery, bool)> report_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -792,7 +704,7 @@ class HttpPlugin final : public sdk::Plugin {
   }
 
   const Settings cfg_;
-  RateLimitedLog limited_log_;
+  sdk::RateLimitedLog limited_log_{"http: "};
   std::optional<Digest> shared_digest_;
   std::vector<FinToken> fins_;  // guarded by mu_ (sessions change on close_session)
 

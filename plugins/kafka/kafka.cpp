@@ -121,14 +121,10 @@ void checkTopicName(const std::string& key, const std::string& name) {
   "brokers", "group", "topic_template", "single_topic", "instance_id", "registry_topic", "topic_partitions", \
       "topic_replication", "flush_timeout_ms"
 
-const char* const kKnownKeys[] = {FG_KAFKA_KEYS, "plugin", "role"};
+const char* const kKnownKeys[] = {FG_KAFKA_KEYS, "rdkafka.*", "plugin", "role"};
 
 Settings parseSettings(const Config& cfg) {
-  for (const auto& [key, value] : cfg.all()) {
-    bool known = key.rfind("rdkafka.", 0) == 0;
-    for (const char* k : kKnownKeys) known = known || key == k;
-    if (!known) throw ConfigError(key, "unknown key for the kafka plugin");
-  }
+  cfg.rejectUnknown(kKnownKeys, "kafka");
   Settings s;
   s.brokers = cfg.require("brokers");
   for (char c : s.brokers)

@@ -27,18 +27,17 @@
 #ifndef ASIO_STANDALONE
 #define ASIO_STANDALONE
 #endif
+#include <algorithm>
 #include <asio.hpp>
 #include <asio/ssl.hpp>
-#include <fingate/plugin_sdk.hpp>
-#include <fingate/topic.hpp>
-
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <fingate/plugin_sdk.hpp>
+#include <fingate/topic.hpp>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -66,16 +65,16 @@ using sdk::str;
 using sdk::view;
 using namespace tcpframe;
 
-constexpr size_t kReadChunk = 64 * 1024;         // bytes asked for per read
-constexpr size_t kMaxBatchFrames = 64;           // frames per gathered write
-constexpr size_t kMaxBatchBytes = 256 * 1024;    // bytes per gathered write
-constexpr uint32_t kLingerMs = 1000;             // after an error frame: wait this long for the peer's EOF
-constexpr uint32_t kDrainMs = 2000;              // a closing connection gets this long to flush
-constexpr uint32_t kConnectTimeoutMs = 10000;    // connect mode: one TCP connect attempt
-constexpr uint32_t kBackoffMinMs = 100;          // connect mode: first reconnect delay
-constexpr uint32_t kAcceptRetryMs = 100;         // listen mode: after a failed accept (EMFILE ...)
-constexpr size_t kMaxDetailTopic = 200;          // topic bytes quoted in error details / logs
-constexpr size_t kMaxRejecting = 64;             // connections refused by a limit that still get their error frame
+constexpr size_t kReadChunk = 64 * 1024;       // bytes asked for per read
+constexpr size_t kMaxBatchFrames = 64;         // frames per gathered write
+constexpr size_t kMaxBatchBytes = 256 * 1024;  // bytes per gathered write
+constexpr uint32_t kLingerMs = 1000;           // after an error frame: wait this long for the peer's EOF
+constexpr uint32_t kDrainMs = 2000;            // a closing connection gets this long to flush
+constexpr uint32_t kConnectTimeoutMs = 10000;  // connect mode: one TCP connect attempt
+constexpr uint32_t kBackoffMinMs = 100;        // connect mode: first reconnect delay
+constexpr uint32_t kAcceptRetryMs = 100;       // listen mode: after a failed accept (EMFILE ...)
+constexpr size_t kMaxDetailTopic = 200;        // topic bytes quoted in error details / logs
+constexpr size_t kMaxRejecting = 64;           // connections refused by a limit that still get their error frame
 
 // A frame to send: one allocation holding the encoded bytes, shared by every connection a
 // broadcast goes to.
@@ -94,16 +93,7 @@ FrameBytes makeFrame(uint8_t kind, std::string_view topic, std::string_view payl
   return f;
 }
 
-// A topic (or any client-supplied text) made safe for a log line: truncated, control bytes as '?'.
-std::string printable(std::string_view s, size_t max = kMaxDetailTopic) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < max; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    out += (c < 0x20 || c == 0x7f) ? '?' : static_cast<char>(c);
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
+std::string printable(std::string_view s, size_t max = kMaxDetailTopic) { return sdk::printable(s, max); }
 
 // A FIFO on one power-of-two array: a connection's outbound queue pushes and pops a frame per
 // message, and unlike std::deque it allocates nothing once it has grown to its working size.
@@ -196,29 +186,6 @@ struct SlotAllocator {
 
 // ---- configuration -----------------------------------------------------------------------
 
-struct HostPort {
-  std::string host;
-  uint16_t port = 0;
-  std::string text() const {
-    return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
-  }
-};
-
-HostPort parseHostPort(const std::string& key, const std::string& v, bool allow_port_zero) {
-  const size_t colon = v.rfind(':');
-  if (colon == std::string::npos) throw ConfigError(key, "expected host:port, got '" + v + "'");
-  std::string host = v.substr(0, colon);
-  const std::string port = v.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host.empty()) throw ConfigError(key, "expected host:port, the host is missing in '" + v + "'");
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
-    throw ConfigError(key, "expected host:port with a numeric port, got '" + v + "'");
-  const unsigned long p = std::stoul(port);
-  if (p > 65535 || (p == 0 && !allow_port_zero))
-    throw ConfigError(key, std::string("the port must be ") + (allow_port_zero ? "0" : "1") + "..65535, got " + port);
-  return HostPort{host, static_cast<uint16_t>(p)};
-}
-
 std::string endpointText(const tcp::endpoint& ep) {
   const std::string a = ep.address().to_string();
   return (ep.address().is_v6() ? "[" + a + "]" : a) + ":" + std::to_string(ep.port());
@@ -226,11 +193,11 @@ std::string endpointText(const tcp::endpoint& ep) {
 
 struct Settings {
   bool listen = true;
-  HostPort address;
+  sdk::HostPort address;
   uint32_t max_frame_bytes = 1048576;
-  size_t session_buffer_bytes = 256 * 1024;        // listen: FG_RETRY for a session at or above this
-  size_t max_outbound_bytes = 8u * 1024 * 1024;    // listen: hard cap of one connection (broadcasts);
-                                                   // connect: the send queue while disconnected
+  size_t session_buffer_bytes = 256 * 1024;      // listen: FG_RETRY for a session at or above this
+  size_t max_outbound_bytes = 8u * 1024 * 1024;  // listen: hard cap of one connection (broadcasts);
+                                                 // connect: the send queue while disconnected
   size_t max_connections = 1024;
   size_t max_connections_per_ip = 64;
   size_t max_pending_bytes = 64u * 1024 * 1024;
@@ -243,25 +210,23 @@ struct Settings {
   bool tls_verify = true;
 };
 
-#define FG_TCP_KEYS                                                                                             \
-  "listen", "connect", "max_frame_bytes", "session_buffer_bytes", "max_outbound_bytes", "max_connections",     \
+#define FG_TCP_KEYS                                                                                               \
+  "listen", "connect", "max_frame_bytes", "session_buffer_bytes", "max_outbound_bytes", "max_connections",        \
       "max_connections_per_ip", "max_pending_bytes", "max_subscriptions", "reconnect_max_ms", "frame_timeout_ms", \
       "keepalive_ms", "tls.enabled", "tls.cert_file", "tls.key_file", "tls.ca_file", "tls.verify"
 
 const char* const kKnownKeys[] = {FG_TCP_KEYS, "plugin", "role"};
 
 Settings parseSettings(const sdk::Config& cfg) {
-  for (const auto& [key, value] : cfg.all()) {
-    bool known = false;
-    for (const char* k : kKnownKeys) known = known || key == k;
-    if (!known) throw ConfigError(key, "unknown key for the tcp plugin");
-  }
+  cfg.rejectUnknown(kKnownKeys, "tcp");
   Settings s;
   const bool has_listen = cfg.has("listen"), has_connect = cfg.has("connect");
   if (has_listen && has_connect) throw ConfigError("connect", "give either listen or connect, not both");
-  if (!has_listen && !has_connect) throw ConfigError("listen", "one of listen (host:port) or connect (host:port) is required");
+  if (!has_listen && !has_connect)
+    throw ConfigError("listen", "one of listen (host:port) or connect (host:port) is required");
   s.listen = has_listen;
-  s.address = has_listen ? parseHostPort("listen", cfg.get("listen"), true) : parseHostPort("connect", cfg.get("connect"), false);
+  s.address = has_listen ? sdk::parseHostPort("listen", cfg.get("listen"), true)
+                         : sdk::parseHostPort("connect", cfg.get("connect"), false);
   s.max_frame_bytes = static_cast<uint32_t>(cfg.getInt("max_frame_bytes", 1048576, 16, 1LL << 30));
   s.session_buffer_bytes = static_cast<size_t>(cfg.getInt("session_buffer_bytes", 256 * 1024, 1024, 1LL << 40));
   s.max_outbound_bytes = static_cast<size_t>(cfg.getInt("max_outbound_bytes", 8LL * 1024 * 1024, 1024, 1LL << 40));
@@ -305,8 +270,8 @@ struct OutFrame {
   std::shared_ptr<Tracker> tracker;  // a broadcast to several connections (else null)
   uint64_t delivery_id = 0;          // one target's delivery report (tracker null); 0: none wanted
   uint8_t kind = kPublish;
-  bool counted = false;              // connect mode: counted in the plugin's outbound byte total
-  bool session_counted = false;      // listen mode: publish() already counted it in the session's bytes
+  bool counted = false;          // connect mode: counted in the plugin's outbound byte total
+  bool session_counted = false;  // listen mode: publish() already counted it in the session's bytes
 };
 
 // What publish() shares with the I/O thread about one open session (listen mode).
@@ -324,13 +289,17 @@ class Stream {
   asio::ssl::stream<tcp::socket>* tls() { return tls_ ? &*tls_ : nullptr; }
   template <class Buffers, class Handler>
   void readSome(const Buffers& b, Handler&& h) {
-    if (tls_) tls_->async_read_some(b, std::forward<Handler>(h));
-    else plain_->async_read_some(b, std::forward<Handler>(h));
+    if (tls_)
+      tls_->async_read_some(b, std::forward<Handler>(h));
+    else
+      plain_->async_read_some(b, std::forward<Handler>(h));
   }
   template <class Buffers, class Handler>
   void write(const Buffers& b, Handler&& h) {
-    if (tls_) asio::async_write(*tls_, b, std::forward<Handler>(h));
-    else asio::async_write(*plain_, b, std::forward<Handler>(h));
+    if (tls_)
+      asio::async_write(*tls_, b, std::forward<Handler>(h));
+    else
+      asio::async_write(*plain_, b, std::forward<Handler>(h));
   }
 
  private:
@@ -392,9 +361,9 @@ class Conn : public std::enable_shared_from_this<Conn> {
   const std::shared_ptr<SessionState> state_;
   Phase phase_ = Phase::Handshake;
   std::set<std::string, std::less<>> filters_;  // listen mode: this connection's subscriptions
-  size_t out_bytes_ = 0;                         // bytes queued in outq_
-  bool paused_ = false;                          // a received publish is held by back-pressure
-  size_t pending_counted_ = 0;                   // unfinished-frame bytes counted in max_pending_bytes
+  size_t out_bytes_ = 0;                        // bytes queued in outq_
+  bool paused_ = false;                         // a received publish is held by back-pressure
+  size_t pending_counted_ = 0;                  // unfinished-frame bytes counted in max_pending_bytes
   Clock::time_point last_rx_ = Clock::now();
 
  private:
@@ -429,40 +398,6 @@ class Conn : public std::enable_shared_from_this<Conn> {
   // closing
   std::string close_reason_;
   bool linger_ = false;
-};
-
-// Logs at most kBurst lines per window, then counts what it suppressed.
-class RateLimitedLog {
- public:
-  void log(const sdk::Host& host, fg_log_level level, const std::string& msg) {
-    std::string summary;
-    bool emit = false;
-    {
-      std::lock_guard lk(mu_);
-      const auto now = Clock::now();
-      if (now - window_start_ > std::chrono::seconds(10)) {
-        if (suppressed_) summary = std::to_string(suppressed_) + " similar log lines suppressed";
-        window_start_ = now;
-        count_ = 0;
-        suppressed_ = 0;
-      }
-      if (count_ < kBurst) {
-        ++count_;
-        emit = true;
-      } else {
-        ++suppressed_;
-      }
-    }
-    if (!summary.empty()) host.log(FG_LOG_WARN, "tcp: " + summary);
-    if (emit) host.log(level, msg);
-  }
-
- private:
-  static constexpr int kBurst = 20;
-  std::mutex mu_;
-  Clock::time_point window_start_ = Clock::now();
-  int count_ = 0;
-  uint64_t suppressed_ = 0;
 };
 
 // ---- the plugin --------------------------------------------------------------------------
@@ -538,7 +473,7 @@ class TcpPlugin final : public sdk::Plugin {
   std::vector<std::shared_ptr<Conn>> allConns();
 
   const Settings cfg_;
-  RateLimitedLog limited_log_;
+  sdk::RateLimitedLog limited_log_{"tcp: "};
 
   // Guarded by life_mu_ (host threads: publish/subscribe/close_session vs stop vs the io thread).
   std::mutex life_mu_;
@@ -547,7 +482,7 @@ class TcpPlugin final : public sdk::Plugin {
   std::vector<Posted> inbox_;  // publishes not yet taken by the io thread
   size_t inbox_bytes_ = 0;     // ... of them broadcasts (listen) or all (connect)
   bool inbox_scheduled_ = false;
-  HandlerSlot drain_slot_;     // the memory of the posted drain
+  HandlerSlot drain_slot_;                                                // the memory of the posted drain
   std::unordered_map<uint64_t, std::shared_ptr<SessionState>> sessions_;  // open sessions publish may target
 
   std::unique_ptr<asio::io_context> io_;
@@ -567,12 +502,12 @@ class TcpPlugin final : public sdk::Plugin {
   std::optional<asio::steady_timer> accept_timer_;
   std::unordered_map<uint64_t, std::shared_ptr<Conn>> conns_;
   std::unordered_set<std::shared_ptr<Conn>> rejecting_;  // refused by a limit, sending their error frame
-  std::map<asio::ip::address, size_t> per_ip_;            // connections per client address
-  size_t pending_total_ = 0;                              // unfinished inbound frame bytes, all connections
+  std::map<asio::ip::address, size_t> per_ip_;           // connections per client address
+  size_t pending_total_ = 0;                             // unfinished inbound frame bytes, all connections
   uint64_t next_session_ = 1;
 
   std::shared_ptr<Conn> client_;
-  std::deque<OutFrame> pending_;  // connect mode: publishes waiting for a connection
+  std::deque<OutFrame> pending_;         // connect mode: publishes waiting for a connection
   std::atomic<size_t> client_bytes_{0};  // connect mode: published and not yet written or failed
   std::optional<tcp::resolver> resolver_;
   std::optional<asio::steady_timer> reconnect_timer_, keepalive_timer_, connect_timer_;
@@ -694,8 +629,10 @@ void Conn::processFrames() {
                     true);
     return;
   }
-  if (rbuf_.empty()) disarmFrameTimer();
-  else if (consumed || !frame_timer_armed_) armFrameTimer();  // a new partial frame began
+  if (rbuf_.empty())
+    disarmFrameTimer();
+  else if (consumed || !frame_timer_armed_)
+    armFrameTimer();  // a new partial frame began
   startRead();
 }
 
@@ -890,9 +827,9 @@ bool TcpPlugin::setupTls() {
   using asio::ssl::context;
   ssl_ = std::make_unique<context>(cfg_.listen ? context::tls_server : context::tls_client);
   asio::error_code ec;
-  ssl_->set_options(context::default_workarounds | context::no_sslv2 | context::no_sslv3 | context::no_tlsv1 |
-                        context::no_tlsv1_1,
-                    ec);
+  ssl_->set_options(
+      context::default_workarounds | context::no_sslv2 | context::no_sslv3 | context::no_tlsv1 | context::no_tlsv1_1,
+      ec);
   auto fail = [&](const std::string& key, const std::string& file) {
     host_.error("tcp: " + key + ": cannot use '" + file + "': " + ec.message());
     ssl_.reset();
@@ -915,9 +852,8 @@ bool TcpPlugin::setupTls() {
       ssl_->set_default_verify_paths(ec);
       if (ec) return fail("tls.ca_file", "(system default CA paths)");
     }
-    ssl_->set_verify_mode(cfg_.listen ? asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert
-                                      : asio::ssl::verify_peer,
-                          ec);
+    ssl_->set_verify_mode(
+        cfg_.listen ? asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert : asio::ssl::verify_peer, ec);
   } else {
     ssl_->set_verify_mode(asio::ssl::verify_none, ec);
   }
@@ -988,8 +924,10 @@ fg_status TcpPlugin::open(std::string& up_detail) {
     connect_timer_.emplace(*io_);
   }
   work_.emplace(asio::make_work_guard(*io_));
-  if (cfg_.listen) accept();
-  else asio::post(*io_, [this] { clientConnect(); });
+  if (cfg_.listen)
+    accept();
+  else
+    asio::post(*io_, [this] { clientConnect(); });
   return FG_OK;
 }
 
@@ -1110,7 +1048,8 @@ void TcpPlugin::checkDrained() {
 fg_status TcpPlugin::publish(const fg_message& msg, uint64_t delivery_id) {
   const std::string_view topic = view(msg.topic), payload = view(msg.payload);
   if (topic.size() > kMaxTopicBytes) {
-    host_.warn("tcp: publish refused: the topic is " + std::to_string(topic.size()) + " bytes, at most 65535 fit a frame");
+    host_.warn("tcp: publish refused: the topic is " + std::to_string(topic.size()) +
+               " bytes, at most 65535 fit a frame");
     return FG_ERR_INVALID_ARG;
   }
   const uint64_t rest = 3 + uint64_t(topic.size()) + payload.size();
@@ -1162,8 +1101,10 @@ void TcpPlugin::drainInbox() {
     inbox_scheduled_ = false;
   }
   for (auto& p : inbox_work_) {
-    if (cfg_.listen) serverDeliver(p);
-    else clientSend(p);
+    if (cfg_.listen)
+      serverDeliver(p);
+    else
+      clientSend(p);
   }
   inbox_work_.clear();
   if (inbox_work_.capacity() > 65536) std::vector<Posted>().swap(inbox_work_);  // after a burst
@@ -1362,8 +1303,8 @@ void TcpPlugin::admit(tcp::socket sock) {
   if (conns_.size() >= cfg_.max_connections) {
     refused = "max_connections (" + std::to_string(cfg_.max_connections) + ") reached on this endpoint";
   } else if (auto it = per_ip_.find(addr); it != per_ip_.end() && it->second >= cfg_.max_connections_per_ip) {
-    refused = "max_connections_per_ip (" + std::to_string(cfg_.max_connections_per_ip) + ") reached for " +
-              addr.to_string();
+    refused =
+        "max_connections_per_ip (" + std::to_string(cfg_.max_connections_per_ip) + ") reached for " + addr.to_string();
   }
   if (!refused.empty()) {
     if (rejecting_.size() >= kMaxRejecting) {
@@ -1373,8 +1314,8 @@ void TcpPlugin::admit(tcp::socket sock) {
       return;
     }
     warnLimited("connection from " + peer + " refused: too many connections: " + refused);
-    auto c = std::make_shared<Conn>(*this, ssl_ ? Stream(std::move(sock), *ssl_) : Stream(std::move(sock)), 0, true, peer,
-                                    addr);
+    auto c = std::make_shared<Conn>(*this, ssl_ ? Stream(std::move(sock), *ssl_) : Stream(std::move(sock)), 0, true,
+                                    peer, addr);
     c->reject("too many connections", refused);
     rejecting_.insert(c);
     c->start();
@@ -1382,8 +1323,8 @@ void TcpPlugin::admit(tcp::socket sock) {
   }
   const uint64_t id = next_session_++;
   ++per_ip_[addr];
-  auto c = std::make_shared<Conn>(*this, ssl_ ? Stream(std::move(sock), *ssl_) : Stream(std::move(sock)), id, true, peer,
-                                  addr);
+  auto c = std::make_shared<Conn>(*this, ssl_ ? Stream(std::move(sock), *ssl_) : Stream(std::move(sock)), id, true,
+                                  peer, addr);
   conns_[id] = c;
   c->start();
 }
@@ -1396,8 +1337,8 @@ FrameResult TcpPlugin::serverFrame(Conn& c, uint8_t kind, std::string_view topic
       const fg_status st = host_.onMessage(0, m);
       if (st == FG_RETRY) return FrameResult::Retry;
       if (st != FG_OK)
-        warnLimited(c.name() + ": the host refused a publish on '" + printable(topic) + "' (status " + std::to_string(st) +
-                    ")");
+        warnLimited(c.name() + ": the host refused a publish on '" + printable(topic) + "' (status " +
+                    std::to_string(st) + ")");
       return FrameResult::Done;
     }
     case kSubscribe: {
@@ -1504,8 +1445,9 @@ void TcpPlugin::serverCloseSession(uint64_t session, const std::string& reason) 
     failed += u.kind == kPublish;
     settle(u, false);
   }
-  warnLimited(c->name() + ": closed by the gateway: " + (reason.empty() ? std::string(r.error) : printable(reason, 1024)) +
-              " (" + std::to_string(failed) + " queued message(s) not delivered)");
+  warnLimited(c->name() +
+              ": closed by the gateway: " + (reason.empty() ? std::string(r.error) : printable(reason, 1024)) + " (" +
+              std::to_string(failed) + " queued message(s) not delivered)");
   c->sendError(r.error, r.detail.empty() ? std::string_view("closed by the gateway") : r.detail);
   c->closeAfterFlush(std::string(r.error), true);
 }
@@ -1533,30 +1475,32 @@ void TcpPlugin::clientConnect() {
           asio::error_code ignored;
           sock->close(ignored);
         });
-        asio::async_connect(*sock, results, [this, gen, sock, timed_out](const asio::error_code& e, const tcp::endpoint&) {
-          if (gen == connect_gen_) {
-            ++connect_gen_;
-            connect_timer_->cancel();
-          }
-          if (connecting_ == sock) connecting_.reset();
-          if (stopping_) return;
-          if (e) {
-            clientFailed(*timed_out ? "connect timed out" : e.message());
-            return;
-          }
-          asio::error_code ignored;
-          sock->set_option(tcp::no_delay(true), ignored);
-          auto c = std::make_shared<Conn>(*this, ssl_ ? Stream(std::move(*sock), *ssl_) : Stream(std::move(*sock)), 0,
-                                          false, cfg_.address.text());
-          if (auto* tls = c->stream_.tls()) {
-            if (cfg_.tls_verify) tls->set_verify_callback(asio::ssl::host_name_verification(cfg_.address.host), ignored);
-            asio::error_code not_ip;
-            asio::ip::make_address(cfg_.address.host, not_ip);
-            if (not_ip) SSL_set_tlsext_host_name(tls->native_handle(), cfg_.address.host.c_str());
-          }
-          client_ = c;
-          c->start();
-        });
+        asio::async_connect(
+            *sock, results, [this, gen, sock, timed_out](const asio::error_code& e, const tcp::endpoint&) {
+              if (gen == connect_gen_) {
+                ++connect_gen_;
+                connect_timer_->cancel();
+              }
+              if (connecting_ == sock) connecting_.reset();
+              if (stopping_) return;
+              if (e) {
+                clientFailed(*timed_out ? "connect timed out" : e.message());
+                return;
+              }
+              asio::error_code ignored;
+              sock->set_option(tcp::no_delay(true), ignored);
+              auto c = std::make_shared<Conn>(*this, ssl_ ? Stream(std::move(*sock), *ssl_) : Stream(std::move(*sock)),
+                                              0, false, cfg_.address.text());
+              if (auto* tls = c->stream_.tls()) {
+                if (cfg_.tls_verify)
+                  tls->set_verify_callback(asio::ssl::host_name_verification(cfg_.address.host), ignored);
+                asio::error_code not_ip;
+                asio::ip::make_address(cfg_.address.host, not_ip);
+                if (not_ip) SSL_set_tlsext_host_name(tls->native_handle(), cfg_.address.host.c_str());
+              }
+              client_ = c;
+              c->start();
+            });
       });
 }
 
@@ -1576,7 +1520,8 @@ void TcpPlugin::clientFailed(const std::string& why) {
 // is uniform in [max(100 ms, base/2), base].
 void TcpPlugin::scheduleReconnect() {
   if (stopping_) return;
-  const double base = std::min<double>(cfg_.reconnect_max_ms, double(kBackoffMinMs) * double(1u << std::min(attempt_, 20u)));
+  const double base =
+      std::min<double>(cfg_.reconnect_max_ms, double(kBackoffMinMs) * double(1u << std::min(attempt_, 20u)));
   ++attempt_;
   std::uniform_real_distribution<double> jitter(std::max<double>(kBackoffMinMs, base / 2), base);
   const auto delay = Ms(static_cast<int64_t>(jitter(rng_)));

@@ -67,16 +67,7 @@ constexpr const char* kZapEndpoint = "inproc://zeromq.zap.01";
 enum Verb : uint8_t { kMsg, kPong, kErr };
 constexpr std::string_view kVerbText[] = {"MSG", "PONG", "ERR"};
 
-// Client-supplied text made safe for a log line: truncated, control bytes as '?'.
-std::string printable(std::string_view s, size_t max = kMaxDetailBytes) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < max; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    out += (c < 0x20 || c == 0x7f) ? '?' : static_cast<char>(c);
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
+std::string printable(std::string_view s, size_t max = kMaxDetailBytes) { return sdk::printable(s, max); }
 
 // A routing id (binary) as hex, for logs.
 std::string hexId(std::string_view id) {
@@ -88,72 +79,6 @@ std::string hexId(std::string_view id) {
   }
   return out.empty() ? "(empty)" : out;
 }
-
-bool validUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t n;
-    uint32_t cp;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      n = 1, cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 2, cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 3, cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + n >= s.size()) return false;  // the sequence needs bytes i+1 .. i+n
-    for (size_t k = 1; k <= n; ++k) {
-      const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-      return false;
-    i += n + 1;
-  }
-  return true;
-}
-
-// Logs at most kBurst lines per 10 s window, then counts what it suppressed.
-class RateLimitedLog {
- public:
-  void log(const sdk::Host& host, fg_log_level level, const std::string& msg) {
-    std::string summary;
-    bool emit = false;
-    {
-      std::lock_guard lk(mu_);
-      const auto now = Clock::now();
-      if (now - window_start_ > std::chrono::seconds(10)) {
-        if (suppressed_) summary = std::to_string(suppressed_) + " similar log lines suppressed";
-        window_start_ = now;
-        count_ = 0;
-        suppressed_ = 0;
-      }
-      if (count_ < kBurst) {
-        ++count_;
-        emit = true;
-      } else {
-        ++suppressed_;
-      }
-    }
-    if (!summary.empty()) host.log(FG_LOG_WARN, "zmq: " + summary);
-    if (emit) host.log(level, msg);
-  }
-
- private:
-  static constexpr int kBurst = 20;
-  std::mutex mu_;
-  Clock::time_point window_start_ = Clock::now();
-  int count_ = 0;
-  uint64_t suppressed_ = 0;
-};
 
 // ---- configuration -----------------------------------------------------------------------
 
@@ -219,11 +144,7 @@ void checkAddress(const std::string& key, const std::string& v, bool bind) {
 }
 
 Settings parseSettings(const sdk::Config& cfg) {
-  for (const auto& [key, value] : cfg.all()) {
-    bool known = false;
-    for (const char* k : kKnownKeys) known = known || key == k;
-    if (!known) throw ConfigError(key, "unknown key for the zmq plugin");
-  }
+  cfg.rejectUnknown(kKnownKeys, "zmq");
   Settings s;
   const bool has_bind = cfg.has("bind"), has_connect = cfg.has("connect");
   if (has_bind && has_connect) throw ConfigError("connect", "give either bind or connect, not both");
@@ -378,7 +299,7 @@ class ZmqPlugin final : public sdk::Plugin {
   void warnLimited(const std::string& msg) { limited_log_.log(host_, FG_LOG_WARN, "zmq: " + msg); }
 
   const Settings cfg_;
-  RateLimitedLog limited_log_;
+  sdk::RateLimitedLog limited_log_{"zmq: "};
   std::string endpoint_text_;  // what the socket bound/connected to
 
   // Guarded by life_mu_.
@@ -1068,7 +989,7 @@ void ZmqPlugin::process(size_t nparts, size_t total) {
       handlePub(*p, in_parts_[1], in_parts_[2]);
       return;
     case kSub: {
-      if (!isValidFilter(topic) || !validUtf8(topic)) {
+      if (!isValidFilter(topic) || !isValidUtf8(topic)) {
         hostile(p->name(), "invalid filter", "'" + printable(topic) + "'");
         sendError(p->id, "invalid filter", "'" + printable(topic) + "' is not a valid filter");
         return;
@@ -1112,7 +1033,7 @@ void ZmqPlugin::process(size_t nparts, size_t total) {
 // A PUB: topic checks, then the host. FG_RETRY keeps it (held) and stops reading.
 bool ZmqPlugin::handlePub(Peer& p, zmq::message_t& topic_msg, zmq::message_t& payload_msg) {
   const std::string_view topic(static_cast<const char*>(topic_msg.data()), topic_msg.size());
-  if (topic.empty() || hasWildcard(topic) || !validUtf8(topic)) {
+  if (topic.empty() || hasWildcard(topic) || !isValidUtf8(topic)) {
     const std::string d = topic.empty()
                               ? std::string("the topic is empty")
                               : "'" + printable(topic) + "' is not a fin topic (empty, a wildcard or not UTF-8)";

@@ -17,6 +17,7 @@
 #include <fingate/plugin.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +25,7 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -39,6 +41,41 @@ class ConfigError : public std::runtime_error {
  public:
   ConfigError(const std::string& key, const std::string& message) : std::runtime_error(key + ": " + message) {}
 };
+
+// Client-supplied text made safe for a log line: at most `max` bytes, control bytes as '?'.
+inline std::string printable(std::string_view s, size_t max) {
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < max; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    out += (c < 0x20 || c == 0x7f) ? '?' : static_cast<char>(c);
+  }
+  if (s.size() > max) out += "...";
+  return out;
+}
+
+// host:port ("[v6]:port" too), as listen/connect keys write it.
+struct HostPort {
+  std::string host;  // without the brackets of an IPv6 literal
+  uint16_t port = 0;
+  std::string text() const {
+    return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  }
+};
+
+inline HostPort parseHostPort(const std::string& key, const std::string& v, bool allow_port_zero) {
+  const size_t colon = v.rfind(':');
+  if (colon == std::string::npos) throw ConfigError(key, "expected host:port, got '" + v + "'");
+  std::string host = v.substr(0, colon);
+  const std::string port = v.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) throw ConfigError(key, "expected host:port, the host is missing in '" + v + "'");
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
+    throw ConfigError(key, "expected host:port with a numeric port, got '" + v + "'");
+  const unsigned long p = std::stoul(port);
+  if (p > 65535 || (p == 0 && !allow_port_zero))
+    throw ConfigError(key, std::string("the port must be ") + (allow_port_zero ? "0" : "1") + "..65535, got " + port);
+  return HostPort{host, static_cast<uint16_t>(p)};
+}
 
 // The endpoint's configuration, as flattened key/value text.
 class Config {
@@ -64,8 +101,7 @@ class Config {
     char* end = nullptr;
     errno = 0;
     long long v = std::strtoll(s.c_str(), &end, 10);
-    if (s.empty() || *end != '\0' || errno != 0)
-      throw ConfigError(key, "expected an integer, got '" + s + "'");
+    if (s.empty() || *end != '\0' || errno != 0) throw ConfigError(key, "expected an integer, got '" + s + "'");
     if (v < min || v > max)
       throw ConfigError(key, "must be between " + std::to_string(min) + " and " + std::to_string(max));
     return v;
@@ -79,6 +115,21 @@ class Config {
     throw ConfigError(key, "expected true or false, got '" + s + "'");
   }
   const std::map<std::string, std::string>& all() const { return values_; }
+  // Refuses the first key that is not in `known`; an entry "prefix.*" accepts every key that
+  // starts with "prefix." and has more after it (e.g. "rdkafka.*").
+  template <size_t N>
+  void rejectUnknown(const char* const (&known)[N], const std::string& plugin) const {
+    for (const auto& [key, value] : values_) {
+      bool ok = false;
+      for (std::string_view k : known) {
+        if (k.size() > 2 && k.substr(k.size() - 2) == ".*")
+          ok = ok || (key.size() > k.size() - 1 && key.compare(0, k.size() - 1, k.substr(0, k.size() - 1)) == 0);
+        else
+          ok = ok || key == k;
+      }
+      if (!ok) throw ConfigError(key, "unknown key for the " + plugin + " plugin");
+    }
+  }
 
  private:
   std::map<std::string, std::string> values_;
@@ -205,6 +256,43 @@ class Plugin {
   Host host_;
 };
 
+// Logs at most `burst` lines per 10 s window, then one line saying how many it suppressed, so
+// that a hostile client cannot flood the log. Thread-safe.
+class RateLimitedLog {
+ public:
+  explicit RateLimitedLog(std::string prefix, int burst = 20) : prefix_(std::move(prefix)), burst_(burst) {}
+  void log(const Host& host, fg_log_level level, const std::string& msg) {
+    std::string summary;
+    bool emit = false;
+    {
+      std::lock_guard lk(mu_);
+      const auto now = std::chrono::steady_clock::now();
+      if (now - window_start_ > std::chrono::seconds(10)) {
+        if (suppressed_) summary = std::to_string(suppressed_) + " similar log lines suppressed";
+        window_start_ = now;
+        count_ = 0;
+        suppressed_ = 0;
+      }
+      if (count_ < burst_) {
+        ++count_;
+        emit = true;
+      } else {
+        ++suppressed_;
+      }
+    }
+    if (!summary.empty()) host.log(FG_LOG_WARN, prefix_ + summary);
+    if (emit) host.log(level, msg);
+  }
+
+ private:
+  std::string prefix_;
+  int burst_;
+  std::mutex mu_;
+  std::chrono::steady_clock::time_point window_start_ = std::chrono::steady_clock::now();
+  int count_ = 0;
+  uint64_t suppressed_ = 0;
+};
+
 namespace detail {
 
 inline void writeErr(char* buf, size_t len, const char* msg) {
@@ -274,7 +362,8 @@ struct Glue {
     });
   }
   static fg_status closeSession(fg_instance* i, uint64_t session, const char* reason) {
-    return guard(i, "close_session", [session, reason](Plugin* p) { return p->closeSession(session, reason ? reason : ""); });
+    return guard(i, "close_session",
+                 [session, reason](Plugin* p) { return p->closeSession(session, reason ? reason : ""); });
   }
 };
 
@@ -283,14 +372,25 @@ struct Glue {
 
 // Defines the exported entry point for plugin class CLASS. The varargs are the accepted
 // config keys (besides plugin/role); at least one is required ("" if none).
-#define FG_DEFINE_PLUGIN(CLASS, NAME, VERSION, CAPS, ...)                                         \
-  extern "C" FG_EXPORT const fg_plugin* fg_plugin_entry(uint32_t host_abi_version) {               \
-    static const char* const keys[] = {__VA_ARGS__, nullptr};                                     \
-    using G = ::fingate::sdk::detail::Glue<CLASS>;                                               \
-    static const fg_plugin desc = {FG_ABI_VERSION, sizeof(fg_plugin), NAME, VERSION, CAPS, keys,  \
-                                   &G::create,     &G::destroy,       &G::start, &G::stop,         \
-                                   &G::publish,    &G::subscribe,     &G::unsubscribe, &G::ack,    \
-                                   &G::closeSession};                                            \
-    if (FG_ABI_MAJOR(host_abi_version) != FG_ABI_VERSION_MAJOR) return nullptr;                  \
-    return &desc;                                                                                 \
+#define FG_DEFINE_PLUGIN(CLASS, NAME, VERSION, CAPS, ...)                            \
+  extern "C" FG_EXPORT const fg_plugin* fg_plugin_entry(uint32_t host_abi_version) { \
+    static const char* const keys[] = {__VA_ARGS__, nullptr};                        \
+    using G = ::fingate::sdk::detail::Glue<CLASS>;                                   \
+    static const fg_plugin desc = {FG_ABI_VERSION,                                   \
+                                   sizeof(fg_plugin),                                \
+                                   NAME,                                             \
+                                   VERSION,                                          \
+                                   CAPS,                                             \
+                                   keys,                                             \
+                                   &G::create,                                       \
+                                   &G::destroy,                                      \
+                                   &G::start,                                        \
+                                   &G::stop,                                         \
+                                   &G::publish,                                      \
+                                   &G::subscribe,                                    \
+                                   &G::unsubscribe,                                  \
+                                   &G::ack,                                          \
+                                   &G::closeSession};                                \
+    if (FG_ABI_MAJOR(host_abi_version) != FG_ABI_VERSION_MAJOR) return nullptr;      \
+    return &desc;                                                                    \
   }

@@ -6,6 +6,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fingate/fin_codec.hpp>
+#include <fingate/topic.hpp>
 #include <fingate/gateway.hpp>
 #include <fingate/plugin_loader.hpp>
 #include <map>
@@ -84,21 +85,6 @@ std::string rfc3339(int64_t unix_s) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
-}
-
-bool validUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : 99;
-    if (n == 99 || i + n >= s.size() + (n ? 0 : 1)) {
-      if (n == 99 || i + n > s.size() - 1 + 1) return false;
-    }
-    for (size_t k = 1; k <= n; ++k)
-      if (i + k >= s.size() || (static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
-    i += n + 1;
-  }
-  return true;
 }
 
 std::string base64(std::string_view in) {
@@ -640,12 +626,12 @@ std::string Gateway::deadLettersJson() const {
     j += "{\"id\":" + std::to_string(d.id) + ",\"time_ms\":" + std::to_string(d.time_ms) + ",\"endpoint\":";
     jstr(j, d.endpoint);
     j += ",\"topic\":";
-    jstr(j, validUtf8(d.topic) ? d.topic : base64(d.topic));
+    jstr(j, isValidUtf8(d.topic) ? d.topic : base64(d.topic));
     j += ",\"session\":" + std::to_string(d.session) + ",\"reason\":";
     jstr(j, d.reason);
     j += ",\"detail\":";
     std::string detail = redactText(d.detail);
-    jstr(j, validUtf8(detail) ? detail : base64(detail));
+    jstr(j, isValidUtf8(detail) ? detail : base64(detail));
     j += ",\"payload_bytes\":" + std::to_string(d.payload_bytes);
     if (!d.target.empty()) {
       j += ",\"target\":";
@@ -654,7 +640,7 @@ std::string Gateway::deadLettersJson() const {
     // Shown redacted (credentials of commands, secret-named keys, URL user-info); the stored
     // message stays whole.
     std::string payload = redactText(redactJsonSecrets(d.payload));
-    if (validUtf8(payload)) {
+    if (isValidUtf8(payload)) {
       j += ",\"payload\":";
       jstr(j, payload);
     } else {
