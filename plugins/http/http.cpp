@@ -232,6 +232,7 @@ struct Settings {
   uint32_t retry_after_s = 1;
   uint32_t backlog_ttl_ms = 10000;
   size_t backlog_max = 10000;
+  size_t backlog_max_bytes = 64u << 20;
   size_t connection_queue_max = 1000;
   size_t session_buffer_bytes = 256 * 1024;
   size_t max_connections = 512;
@@ -257,14 +258,14 @@ struct Settings {
   bool tls_verify = true;
 };
 
-#define FG_HTTP_KEYS                                                                                                 \
-  "listen", "token", "tokens.*", "tokens_file", "webhook", "webhook_token", "max_body_bytes", "max_wait_s",          \
-      "default_wait_s", "publish_wait_ms", "retry_after_s", "backlog_ttl_ms", "backlog_max", "connection_queue_max", \
-      "session_buffer_bytes", "max_connections", "max_connections_per_client", "max_polls", "max_polls_per_client",  \
-      "max_topics_per_connection", "max_headers", "max_header_bytes", "max_url_bytes", "idle_timeout_s",             \
-      "io_timeout_s", "keepalive_requests", "webhook_retries", "webhook_backoff_ms", "webhook_backoff_max_ms",       \
-      "webhook_timeout_ms", "webhook_workers", "webhook_queue_max", "tls.cert_file", "tls.key_file",                 \
-      "tls.client_ca_file", "tls.ca_file", "tls.verify"
+#define FG_HTTP_KEYS                                                                                                \
+  "listen", "token", "tokens.*", "tokens_file", "webhook", "webhook_token", "max_body_bytes", "max_wait_s",         \
+      "default_wait_s", "publish_wait_ms", "retry_after_s", "backlog_ttl_ms", "backlog_max", "backlog_max_bytes",   \
+      "connection_queue_max", "session_buffer_bytes", "max_connections", "max_connections_per_client", "max_polls", \
+      "max_polls_per_client", "max_topics_per_connection", "max_headers", "max_header_bytes", "max_url_bytes",      \
+      "idle_timeout_s", "io_timeout_s", "keepalive_requests", "webhook_retries", "webhook_backoff_ms",              \
+      "webhook_backoff_max_ms", "webhook_timeout_ms", "webhook_workers", "webhook_queue_max", "tls.cert_file",      \
+      "tls.key_file", "tls.client_ca_file", "tls.ca_file", "tls.verify"
 
 const char* const kKnownKeys[] = {FG_HTTP_KEYS, "plugin", "role"};
 
@@ -328,6 +329,7 @@ Settings parseSettings(const sdk::Config& cfg) {
   s.retry_after_s = static_cast<uint32_t>(cfg.getInt("retry_after_s", 1, 1, 3600));
   s.backlog_ttl_ms = static_cast<uint32_t>(cfg.getInt("backlog_ttl_ms", 10000, 1, 3600000));
   s.backlog_max = static_cast<size_t>(cfg.getInt("backlog_max", 10000, 1, 10000000));
+  s.backlog_max_bytes = static_cast<size_t>(cfg.getInt("backlog_max_bytes", 64LL << 20, 1024, 1LL << 40));
   s.connection_queue_max = static_cast<size_t>(cfg.getInt("connection_queue_max", 1000, 1, 1000000));
   s.session_buffer_bytes = static_cast<size_t>(cfg.getInt("session_buffer_bytes", 256 * 1024, 1024, 1LL << 40));
   s.max_connections = static_cast<size_t>(cfg.getInt("max_connections", 512, 1, 20000));
@@ -726,6 +728,19 @@ class HttpPlugin final : public sdk::Plugin {
   size_t polls_ = 0;
   std::map<std::pair<uint64_t, std::string>, std::deque<Item>> backlog_;
   size_t backlog_size_ = 0;
+  size_t backlog_bytes_ = 0;  // payload bytes in backlog_ (backlog_max_bytes)
+  bool backlogFullLocked(size_t adding_bytes) const {
+    return backlog_size_ >= cfg_.backlog_max || backlog_bytes_ + adding_bytes > cfg_.backlog_max_bytes;
+  }
+  void backlogAddLocked(const Item& item) {
+    ++backlog_size_;
+    backlog_bytes_ += item.payload->size();
+  }
+  // Before a whole queue leaves the backlog (while its items still hold their payloads).
+  void backlogForgetLocked(const std::deque<Item>& q) {
+    backlog_size_ -= q.size();
+    for (auto& item : q) backlog_bytes_ -= std::min(backlog_bytes_, item.payload ? item.payload->size() : 0);
+  }
   struct SessionBytes {
     size_t bytes = 0;
     bool wants_wakeup = false;
@@ -909,6 +924,7 @@ fg_status HttpPlugin::stop(uint32_t /*timeout_ms*/) {
       for (auto& item : q) settleLocked(item, false, FG_DELIVERY_FAILED, reports);
     backlog_.clear();
     backlog_size_ = 0;
+    backlog_bytes_ = 0;
     for (auto& f : fins_) sessions.push_back(f.session);
     hk_exit_ = true;
   }
@@ -965,19 +981,20 @@ fg_status HttpPlugin::publish(const fg_message& msg, uint64_t delivery_id) {
       // A broadcast is never kept: a fin that polls later must not get an old "unregister all".
       reports.emplace_back(delivery_id, FG_DELIVERY_NO_RECEIVER);
     } else if (targets.empty()) {
-      if (backlog_size_ >= cfg_.backlog_max) {
+      if (backlogFullLocked(item.payload->size())) {
         if (msg.session != 0) {
           session_bytes_[msg.session].wants_wakeup = true;
           return FG_RETRY;
         }
-        warnLimited("backlog full (backlog_max " + std::to_string(cfg_.backlog_max) + "): a message for '" +
-                    printable(topic) + "' is dead-lettered");
+        warnLimited("backlog full (backlog_max " + std::to_string(cfg_.backlog_max) + " messages / backlog_max_bytes " +
+                    std::to_string(cfg_.backlog_max_bytes) + "): a message for '" + printable(topic) +
+                    "' is dead-lettered");
         reports.emplace_back(delivery_id, FG_DELIVERY_FAILED);
       } else {
         item.tracker = delivery_id ? std::make_shared<Tracker>(Tracker{delivery_id, 1, 0}) : nullptr;
         if (msg.session) session_bytes_[msg.session].bytes += item.payload->size();
+        backlogAddLocked(item);
         backlog_[{msg.session, item.topic}].push_back(std::move(item));
-        ++backlog_size_;
       }
     } else {
       if (delivery_id) item.tracker = std::make_shared<Tracker>(Tracker{delivery_id, targets.size(), 0});
@@ -1025,8 +1042,8 @@ fg_status HttpPlugin::closeSession(uint64_t session, const char* reason) {
         ++it;
         continue;
       }
+      backlogForgetLocked(it->second);
       for (auto& item : it->second) settleLocked(item, false, FG_DELIVERY_FAILED, reports);
-      backlog_size_ -= it->second.size();
       it = backlog_.erase(it);
     }
     session_bytes_.erase(session);
@@ -1060,7 +1077,7 @@ void HttpPlugin::releaseSessionBytesLocked(const Item& item) {
   if (it == session_bytes_.end()) return;
   SessionBytes& sb = it->second;
   sb.bytes -= std::min(sb.bytes, item.payload->size());
-  if (sb.wants_wakeup && sb.bytes < cfg_.session_buffer_bytes / 2 && backlog_size_ < cfg_.backlog_max) {
+  if (sb.wants_wakeup && sb.bytes < cfg_.session_buffer_bytes / 2 && !backlogFullLocked(0)) {
     sb.wants_wakeup = false;
     const uint64_t s = item.session;
     deferred_.push_back([this, s] { host_.sessionWritable(s); });
@@ -1082,15 +1099,15 @@ void HttpPlugin::settleLocked(Item& item, bool handed, fg_delivery fail_status,
 }
 
 void HttpPlugin::rebacklogLocked(Item item, std::vector<std::pair<uint64_t, fg_delivery>>& reports) {
-  if (backlog_size_ >= cfg_.backlog_max || Clock::now() >= item.deadline) {
+  if (backlogFullLocked(item.payload->size()) || Clock::now() >= item.deadline) {
     settleLocked(item, false, FG_DELIVERY_FAILED, reports);
     return;
   }
   auto& q = backlog_[{item.session, item.topic}];
   // Keep publish order.
   auto pos = std::upper_bound(q.begin(), q.end(), item.seq, [](uint64_t s, const Item& i) { return s < i.seq; });
+  backlogAddLocked(item);
   q.insert(pos, std::move(item));
-  ++backlog_size_;
 }
 
 // A connection subscribed to `topic`: what waited for the first poller is now its own.
@@ -1099,8 +1116,8 @@ void HttpPlugin::pullBacklogLocked(Conn& c, const std::string& topic) {
   for (uint64_t s : {uint64_t(0), c.session}) {
     auto it = backlog_.find({s, topic});
     if (it == backlog_.end()) continue;
+    backlogForgetLocked(it->second);
     for (auto& item : it->second) taken.push_back(std::move(item));
-    backlog_size_ -= it->second.size();
     backlog_.erase(it);
     if (c.session == 0) break;
   }
@@ -1118,8 +1135,9 @@ void HttpPlugin::expireLocked(Clock::time_point now, std::vector<std::pair<uint6
     auto& q = it->second;
     while (!q.empty() && q.front().deadline <= now) {
       settleLocked(q.front(), false, FG_DELIVERY_NO_RECEIVER, reports);
-      q.pop_front();
       --backlog_size_;
+      backlog_bytes_ -= std::min(backlog_bytes_, q.front().payload->size());
+      q.pop_front();
       ++expired;
     }
     it = q.empty() ? backlog_.erase(it) : std::next(it);
@@ -1696,7 +1714,7 @@ void HttpPlugin::handleStats(httplib::Response& res) {
   {
     std::lock_guard lk(mu_);
     s += ",\"connections\":" + std::to_string(conns_.size()) + ",\"polls\":" + std::to_string(polls_) +
-         ",\"backlog\":" + std::to_string(backlog_size_);
+         ",\"backlog\":" + std::to_string(backlog_size_) + ",\"backlog_bytes\":" + std::to_string(backlog_bytes_);
   }
   if (webhook_) s += ",\"webhook\":" + webhook_->statsJson();
   s += "}\n";

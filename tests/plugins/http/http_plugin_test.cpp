@@ -287,6 +287,26 @@ TEST(HttpPlugin, BacklogExpiresAndIsReportedAsNoReceiver) {
   EXPECT_EQ(c->Get("/v1/poll/fin-late?wait=0")->status, 204);
 }
 
+// The backlog is bounded in bytes too: messages nobody polls cannot pile up without limit
+// (a fin sending large results while no orchestrator polls).
+TEST(HttpPlugin, BacklogIsBoundedInBytes) {
+  auto n = startNode({{"backlog_max_bytes", "4096"}});
+  const std::string big(1500, 'x');
+  ASSERT_EQ(n->publish("fin-big", big, 1), FG_OK);
+  ASSERT_EQ(n->publish("fin-big", big, 2), FG_OK);
+  ASSERT_EQ(n->publish("fin-big", big, 3), FG_OK);  // 4500 bytes would pass the bound: failed
+  EXPECT_TRUE(n->waitDelivery(3, FG_DELIVERY_FAILED));
+  EXPECT_FALSE(n->delivery(1).has_value());  // the first two still wait for a poller
+  auto c = client(n->port);
+  auto p = c->Get("/v1/poll/fin-big?wait=5");
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->status, 200);
+  EXPECT_TRUE(n->waitDelivery(1, FG_DELIVERY_OK));
+  // Taken by the poller: the backlog has room again.
+  ASSERT_EQ(n->publish("fin-other", big, 4), FG_OK);
+  EXPECT_FALSE(n->delivery(4).has_value());
+}
+
 TEST(HttpPlugin, BackPressureIs503WithRetryAfterAndLosesNothing) {
   auto n = startNode({{"publish_wait_ms", "0"}});
   n->host.retry_budget = 1;
