@@ -35,6 +35,7 @@
 #include <fingate/plugin_sdk.hpp>
 #include <fingate/topic.hpp>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -282,6 +283,16 @@ class ZmqPlugin final : public sdk::Plugin {
   void flush(bool retry_blocked);
   bool flushPeer(Peer& p);
   SendResult sendFrames(const std::string& id, Verb verb, zmq_msg_t* topic, zmq_msg_t* payload);
+  bool trySendError(const std::string& id, const std::string& json);
+  void retryPendingErrors();
+  // ERRs to peers whose pipe was full, retried with the blocked peers until sent or expired.
+  struct PendingErr {
+    std::string json;
+    Clock::time_point deadline;
+  };
+  static constexpr size_t kMaxPendingErrs = 1024;
+  static constexpr Ms kPendingErrTtl{5000};
+  std::map<std::string, PendingErr> pending_errs_;
   void sendError(const std::string& id, std::string_view error, std::string_view detail);
   void readSome();
   void process(size_t nparts, size_t total);
@@ -499,7 +510,7 @@ void ZmqPlugin::loopOnce() {
   bool any_blocked = false;
   for (uint64_t s : active_)
     if (auto it = peers_.find(s); it != peers_.end() && it->second->blocked) any_blocked = true;
-  if (any_blocked) due = std::min(due, blocked_retry_at_);
+  if (any_blocked || !pending_errs_.empty()) due = std::min(due, blocked_retry_at_);
   long timeout = due <= now ? 0 : static_cast<long>(std::chrono::duration_cast<Ms>(due - now).count()) + 1;
   const int rc = zmq_poll(items, static_cast<int>(n), timeout);
   if (rc < 0 && zmq_errno() != EINTR) throw zmq::error_t();
@@ -523,6 +534,10 @@ void ZmqPlugin::loopOnce() {
   if (!held_ && (items[0].revents & ZMQ_POLLIN)) readSome();
   const bool retry_blocked = any_blocked && t >= blocked_retry_at_;
   flush(retry_blocked);
+  if (!pending_errs_.empty() && t >= blocked_retry_at_) {
+    retryPendingErrors();
+    blocked_retry_at_ = t + Ms(std::max<uint32_t>(1, blocked_delay_ms_));
+  }
   if (t >= next_hb_check_) {
     checkHeartbeats();
     next_hb_check_ = t + Ms(std::max<uint32_t>(10, cfg_.heartbeat_ms / 4));
@@ -741,10 +756,29 @@ SendResult ZmqPlugin::sendFrames(const std::string& id, Verb verb, zmq_msg_t* to
 }
 
 void ZmqPlugin::sendError(const std::string& id, std::string_view error, std::string_view detail) {
+  std::string json = tcpframe::errorJson(error, detail);
+  if (trySendError(id, json)) return;
+  // The peer's pipe is full (a slow consumer, typically): the ERR waits (bounded) for room, so
+  // the client still learns why the gateway dropped it once it reads again.
+  if (pending_errs_.size() >= kMaxPendingErrs) pending_errs_.erase(pending_errs_.begin());
+  pending_errs_[id] = PendingErr{std::move(json), Clock::now() + kPendingErrTtl};
+}
+
+// True when the ERR went (or cannot go: the peer is gone); false when its pipe is full.
+bool ZmqPlugin::trySendError(const std::string& id, const std::string& json) {
   zmq::message_t topic;
-  const std::string json = tcpframe::errorJson(error, detail);
   zmq::message_t payload(json.data(), json.size());
-  sendFrames(id, kErr, topic.handle(), payload.handle());  // best effort: the peer may be gone or full
+  return sendFrames(id, kErr, topic.handle(), payload.handle()) != SendResult::Full;
+}
+
+void ZmqPlugin::retryPendingErrors() {
+  const auto now = Clock::now();
+  for (auto it = pending_errs_.begin(); it != pending_errs_.end();) {
+    if (now >= it->second.deadline || trySendError(it->first, it->second.json))
+      it = pending_errs_.erase(it);
+    else
+      ++it;
+  }
 }
 
 // Sends what the active peers hold, in order, until their pipes are full. Blocked peers are
