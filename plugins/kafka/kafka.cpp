@@ -37,6 +37,7 @@
 #include <deque>
 #include <fingate/plugin_sdk.hpp>
 #include <fingate/topic.hpp>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -544,13 +545,20 @@ class KafkaPlugin : public fingate::sdk::Plugin {
       if (compact) rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
       rd_kafka_AdminOptions_t* opts = rd_kafka_AdminOptions_new(prod_, RD_KAFKA_ADMIN_OP_CREATETOPICS);
       rd_kafka_AdminOptions_set_request_timeout(opts, 3000, err, sizeof err);
-      rd_kafka_AdminOptions_set_opaque(opts, new std::string(t));
+      // The opaque names the topic in the result; owned here, so a request still in flight at
+      // stop is freed with the plugin.
+      admin_pending_.push_back(t);
+      rd_kafka_AdminOptions_set_opaque(opts, &admin_pending_.back());
       rd_kafka_CreateTopics(prod_, &nt, 1, opts, admin_q_);
       rd_kafka_AdminOptions_destroy(opts);
       rd_kafka_NewTopic_destroy(nt);
     }
     while (rd_kafka_event_t* ev = rd_kafka_queue_poll(admin_q_, 0)) {
-      std::unique_ptr<std::string> t(static_cast<std::string*>(rd_kafka_event_opaque(ev)));
+      std::unique_ptr<std::string> t;
+      if (auto* name = static_cast<std::string*>(rd_kafka_event_opaque(ev))) {
+        t = std::make_unique<std::string>(*name);
+        admin_pending_.remove_if([name](const std::string& x) { return &x == name; });
+      }
       const rd_kafka_CreateTopics_result_t* res = rd_kafka_event_CreateTopics_result(ev);
       rd_kafka_resp_err_t e = rd_kafka_event_error(ev);
       std::string why = e && rd_kafka_event_error_string(ev) ? rd_kafka_event_error_string(ev) : "";
@@ -1104,6 +1112,7 @@ class KafkaPlugin : public fingate::sdk::Plugin {
   rd_kafka_t* prod_ = nullptr;
   rd_kafka_t* cons_ = nullptr;
   rd_kafka_queue_t* admin_q_ = nullptr;
+  std::list<std::string> admin_pending_;  // CreateTopics requests in flight (producer thread)
   std::thread prod_thread_, cons_thread_, reg_thread_;
 
   std::mutex topics_mu_;
