@@ -194,6 +194,13 @@ class CliHost final : public PluginHost {
   }
 
   fg_status onMessage(uint64_t sub_id, const fg_message& msg, uint64_t token) override {
+    {
+      // A message came: the connection works, whatever state the plugin reported so far (a
+      // server may send everything and close before the client's own "up" handshake ends).
+      std::lock_guard lk(mu);
+      received = true;
+    }
+    cv.notify_all();
     return message_ ? message_(sub_id, msg, token) : FG_ERR_STATE;
   }
 
@@ -239,7 +246,7 @@ class CliHost final : public PluginHost {
         case FG_STATE_FAILED:
           lost = up;
           up = false;
-          if (!ever_up) refused = true;
+          if (!ever_up && !received) refused = true;
           break;
         case FG_STATE_STOPPED:
           up = false;
@@ -281,6 +288,7 @@ class CliHost final : public PluginHost {
   std::mutex mu;
   std::condition_variable cv;
   bool up = false, ever_up = false, refused = false, interrupted = false;
+  bool received = false;  // a message arrived (the endpoint worked even if it never said up)
   fg_state last_state = FG_STATE_STARTING;
   std::string last_detail, last_problem;
   std::deque<std::pair<uint64_t, fg_delivery>> deliveries;
@@ -471,9 +479,9 @@ bool waitUp(CliHost& host, const EndpointArgs& a, const Resolved& r, const std::
                              (host.last_detail.empty() ? std::string(stateName(host.last_state)) : host.last_detail));
     // Up once is enough: a connection lost after that is the plugin's to restore (it may
     // already have come and gone, e.g. a server that sent everything and closed).
-    if (host.ever_up && ready()) return true;
+    if ((host.ever_up || host.received) && ready()) return true;
     if (host.cv.wait_until(lk, deadline) == std::cv_status::timeout && Clock::now() >= deadline) {
-      if (host.ever_up) return true;  // the caller says what is missing
+      if (host.ever_up || host.received) return true;  // the caller says what is missing
       fail(kExitFailure, "cannot connect (" + r.label + "): not up within " + secondsText(a.connect_timeout_s) +
                              " (--connect-timeout); last state: " + stateName(host.last_state) +
                              (host.last_detail.empty() ? "" : ": " + host.last_detail) +
