@@ -19,7 +19,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <chrono>
+#include <cinttypes>
+#include <csignal>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -357,13 +360,16 @@ class Mosquitto {
     for (int attempt = 0; attempt < 5; ++attempt) {
       int port = freePort();
       std::string conf = dir_ + "/mosquitto.conf";
-      writeFile(conf, "user root\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
-                      "log_type notice\nlog_type information\nconnection_messages true\nallow_anonymous true\n"
-                      "listener " + std::to_string(port) + " 127.0.0.1\n" + extra + "\n");
+      writeFile(conf,
+                "user root\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+                "log_type notice\nlog_type information\nconnection_messages true\nallow_anonymous true\n"
+                "listener " +
+                    std::to_string(port) + " 127.0.0.1\n" + extra + "\n");
       proc_ = std::make_unique<Process>(std::vector<std::string>{kBinary, "-c", conf},
                                         dir_ + "/mosquitto-" + std::to_string(attempt) + ".log");
-      bool ok = waitFor([&] { return !proc_->running() || (proc_->log().find(" running") != std::string::npos && canConnect(port)); },
-                        10s);
+      bool ok = waitFor(
+          [&] { return !proc_->running() || (proc_->log().find(" running") != std::string::npos && canConnect(port)); },
+          10s);
       if (ok && proc_->running() && canConnect(port)) {
         port_ = port;
         return;
@@ -420,8 +426,8 @@ class Gateway {
                           " }\ndrain_timeout_ms: 2000\n" + body);
       proc_ = std::make_unique<Process>(std::vector<std::string>{binary_, "run", conf},
                                         dir_ + "/fingate-" + std::to_string(attempt) + ".log");
-      bool ok = waitFor([&] { return !proc_->running() || httpGet(admin_port_, "/readyz", 1s).first == 200; }, timeout,
-                        50ms);
+      bool ok =
+          waitFor([&] { return !proc_->running() || httpGet(admin_port_, "/readyz", 1s).first == 200; }, timeout, 50ms);
       if (ok && proc_->running()) return true;
       std::fprintf(stderr, "fingate did not become ready (attempt %d); log %s:\n%s\n", attempt + 1,
                    proc_->logPath().c_str(), proc_->log().substr(0, 4000).c_str());
@@ -448,5 +454,97 @@ class Gateway {
   std::map<std::string, int> ports_;
   int admin_port_ = 0;
 };
+
+// ---- the command every harness sends ---------------------------------------------------------
+
+// 01-a-register.json, and 03-a-command-auth.json split around its message_id and its empty
+// `variables` (a padding variable goes there). Filled by loadVectors() before anything runs.
+inline std::string g_register, g_command_head, g_command_mid, g_command_tail;
+
+inline std::string readVector(const std::string& dir, const std::string& name) {
+  std::ifstream f(dir + "/" + name, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + dir + "/" + name + " (--vectors names the directory)");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+inline void loadVectors(const std::string& dir) {
+  g_register = readVector(dir, "01-a-register.json");
+  const std::string cmd = readVector(dir, "03-a-command-auth.json");
+  const std::string id_key = "\"message_id\":\"", vars = "\"variables\":{}";
+  size_t id = cmd.find(id_key), id_end = id == std::string::npos ? id : cmd.find('"', id + id_key.size());
+  size_t v = cmd.find(vars);
+  if (id_end == std::string::npos || v == std::string::npos || v < id_end)
+    throw std::runtime_error(dir + "/03-a-command-auth.json: no message_id or empty variables to fill");
+  g_command_head = cmd.substr(0, id + id_key.size());
+  g_command_mid = cmd.substr(id_end, v + vars.size() - 1 - id_end) +
+                  R"("__pad__":{"type":"string","name":"__pad__","description":"padding","value":")";
+  g_command_tail = R"(","constant":false,"external":false})" + cmd.substr(v + vars.size() - 1);
+}
+
+// message_id = "bench-" + 8 hex run + "-" + 10 digit seq + "-" + 20 digit send time (ns): 46 chars.
+inline size_t idOffset() { return g_command_head.size(); }
+constexpr size_t kIdLen = 46;
+
+inline void writeId(char* at, uint32_t run, uint64_t seq, int64_t ts) {
+  char b[64];
+  std::snprintf(b, sizeof b, "bench-%08x-%010" PRIu64 "-%020" PRId64, run, seq, ts);
+  std::memcpy(at, b, kIdLen);
+}
+
+struct IdStamp {
+  uint32_t run = 0;
+  uint64_t seq = 0;
+  int64_t ts = 0;
+};
+
+inline bool readId(const char* p, size_t n, IdStamp& s) {
+  if (n < idOffset() + kIdLen) return false;
+  const char* id = p + idOffset();
+  if (std::memcmp(id, "bench-", 6) != 0) return false;
+  auto a = std::from_chars(id + 6, id + 14, s.run, 16);
+  auto b = std::from_chars(id + 15, id + 25, s.seq);
+  auto c = std::from_chars(id + 26, id + 46, s.ts);
+  return a.ec == std::errc() && b.ec == std::errc() && c.ec == std::errc();
+}
+
+// The command, padded to exactly payload_bytes (or its minimum size, if larger).
+inline size_t minCommandBytes() {
+  return g_command_head.size() + kIdLen + g_command_mid.size() + g_command_tail.size();
+}
+inline std::string makeCommand(size_t payload_bytes) {
+  size_t pad = payload_bytes > minCommandBytes() ? payload_bytes - minCommandBytes() : 0;
+  return g_command_head + std::string(kIdLen, '0') + g_command_mid + std::string(pad, 'x') + g_command_tail;
+}
+
+// The end of a harness's main(): the vectors, the payload size check, signals, the run itself,
+// the clean-up of its temporary directory. Returns the process exit code.
+inline std::atomic<bool> g_interrupted{false};
+inline int harnessMain(const char* name, const std::string& vectors, size_t payload, bool keep_logs,
+                       const std::function<int()>& run) {
+  try {
+    loadVectors(vectors);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", name, e.what());
+    return 2;
+  }
+  if (payload < minCommandBytes()) {
+    std::fprintf(stderr, "--payload must be at least %zu\n", minCommandBytes());
+    return 2;
+  }
+  std::signal(SIGINT, [](int) { g_interrupted = true; });
+  std::signal(SIGTERM, [](int) { g_interrupted = true; });
+  std::signal(SIGPIPE, SIG_IGN);
+  int rc;
+  try {
+    rc = run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", name, e.what());
+    rc = 1;
+  }
+  if (!keep_logs) cleanupTempRoot();
+  return rc;
+}
 
 }  // namespace fingate::bench

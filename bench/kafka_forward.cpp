@@ -81,7 +81,6 @@
 
 namespace fingate::bench {
 
-std::atomic<bool> g_interrupted{false};
 // fetch.wait.max.ms of every consumer, the gateway's and the harness's (--fetch-wait-ms). The mock
 // cluster answers a Fetch that finds no data only after the full fetch.wait.max.ms, even when
 // records arrive meanwhile (a real broker answers as soon as fetch.min.bytes are there), so with
@@ -94,64 +93,8 @@ const std::string kFinId = "soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286c
 const std::string kCapability = "mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d";
 const std::string kRegisterId = "abec7356-e6f0-11f1-acf4-02fc00000001";
 const std::string kBaselineTopic = "bench.baseline";
-std::string g_register, g_command_head, g_command_mid, g_command_tail;
-
-std::string readVector(const std::string& dir, const std::string& name) {
-  std::ifstream f(dir + "/" + name, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot read " + dir + "/" + name + " (--vectors names the directory)");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s;
-}
-
-void loadVectors(const std::string& dir) {
-  g_register = readVector(dir, "01-a-register.json");
-  const std::string cmd = readVector(dir, "03-a-command-auth.json");
-  const std::string id_key = "\"message_id\":\"", vars = "\"variables\":{}";
-  size_t id = cmd.find(id_key), id_end = id == std::string::npos ? id : cmd.find('"', id + id_key.size());
-  size_t v = cmd.find(vars);
-  if (id_end == std::string::npos || v == std::string::npos || v < id_end)
-    throw std::runtime_error(dir + "/03-a-command-auth.json: no message_id or empty variables to fill");
-  g_command_head = cmd.substr(0, id + id_key.size());
-  g_command_mid = cmd.substr(id_end, v + vars.size() - 1 - id_end) +
-                  R"("__pad__":{"type":"string","name":"__pad__","description":"padding","value":")";
-  g_command_tail = R"(","constant":false,"external":false})" + cmd.substr(v + vars.size() - 1);
-}
-
 std::string ackOf(const std::string& id) { return R"({"type":"ack","message_id":")" + id + "\"}"; }
-
-// message_id = "bench-" + 8 hex run + "-" + 10 digit seq + "-" + 20 digit send time (ns): 46 chars.
-size_t idOffset() { return g_command_head.size(); }
-constexpr size_t kIdLen = 46;
 constexpr uint64_t kProbeSeq = 1u << 30;
-
-void writeId(char* at, uint32_t run, uint64_t seq, int64_t ts) {
-  char b[64];
-  std::snprintf(b, sizeof b, "bench-%08x-%010" PRIu64 "-%020" PRId64, run, seq, ts);
-  std::memcpy(at, b, kIdLen);
-}
-
-struct Stamp {
-  uint32_t run = 0;
-  uint64_t seq = 0;
-  int64_t ts = 0;
-};
-
-bool readId(const char* p, size_t n, Stamp& s) {
-  if (n < idOffset() + kIdLen) return false;
-  const char* id = p + idOffset();
-  if (std::memcmp(id, "bench-", 6) != 0) return false;
-  auto a = std::from_chars(id + 6, id + 14, s.run, 16);
-  auto b = std::from_chars(id + 15, id + 25, s.seq);
-  auto c = std::from_chars(id + 26, id + 46, s.ts);
-  return a.ec == std::errc() && b.ec == std::errc() && c.ec == std::errc();
-}
-
-size_t minCommandBytes() { return g_command_head.size() + kIdLen + g_command_mid.size() + g_command_tail.size(); }
-std::string makeCommand(size_t payload_bytes) {
-  size_t pad = payload_bytes > minCommandBytes() ? payload_bytes - minCommandBytes() : 0;
-  return g_command_head + std::string(kIdLen, '0') + g_command_mid + std::string(pad, 'x') + g_command_tail;
-}
 
 // ---- the receiving side: counts commands by sequence number ------------------------------------------
 
@@ -167,7 +110,7 @@ class Counter {
  public:
   void onPayload(std::string_view payload) {
     int64_t now = nowNs();
-    Stamp s;
+    IdStamp s;
     std::lock_guard lk(mu_);
     if (payload.size() != expected_size_ || !readId(payload.data(), payload.size(), s)) {
       ++malformed_;
@@ -1223,26 +1166,6 @@ int main(int argc, char** argv) {
   std::string vectors = FINGATE_VECTORS_DIR;
   app.add_option("--vectors", vectors, "the captured Fin vectors (register, command)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  try {
-    fingate::bench::loadVectors(vectors);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kafka_forward: %s\n", e.what());
-    return 2;
-  }
-  if (o.payload < fingate::bench::minCommandBytes()) {
-    std::fprintf(stderr, "--payload must be at least %zu\n", fingate::bench::minCommandBytes());
-    return 2;
-  }
-  std::signal(SIGINT, [](int) { fingate::bench::g_interrupted = true; });
-  std::signal(SIGTERM, [](int) { fingate::bench::g_interrupted = true; });
-  std::signal(SIGPIPE, SIG_IGN);
-  int rc;
-  try {
-    rc = fingate::bench::run(o);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kafka_forward: %s\n", e.what());
-    rc = 1;
-  }
-  if (!o.keep_logs) fingate::bench::cleanupTempRoot();
-  return rc;
+  return fingate::bench::harnessMain("kafka_forward", vectors, o.payload, o.keep_logs,
+                                     [&] { return fingate::bench::run(o); });
 }

@@ -44,11 +44,11 @@
 #include <charconv>
 #include <chrono>
 #include <cinttypes>
-#include <condition_variable>
 #include <cmath>
-#include <cstring>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -61,8 +61,6 @@
 #include "bench_support.hpp"
 
 namespace fingate::bench {
-
-std::atomic<bool> g_interrupted{false};
 
 // ---- payload ------------------------------------------------------------------------------------
 // "r%08x s%010llu t%020lld " then '.' padding up to the payload size (44 bytes of header).
@@ -196,8 +194,10 @@ class Subscriber {
       return;
     }
     lat_[s.seq] = now - s.ts_ns;
-    if (static_cast<int64_t>(s.seq) < max_seq_) ++out_of_order_;
-    else max_seq_ = static_cast<int64_t>(s.seq);
+    if (static_cast<int64_t>(s.seq) < max_seq_)
+      ++out_of_order_;
+    else
+      max_seq_ = static_cast<int64_t>(s.seq);
     if (!first_ns_) first_ns_ = now;
     last_ns_ = now;
     unique_.fetch_add(1, std::memory_order_release);
@@ -226,7 +226,9 @@ class Subscriber {
 class Publisher {
  public:
   Publisher(const std::string& url, const std::string& client_id, int qos, int window)
-      : qos_(qos), window_(window), listener_(this),
+      : qos_(qos),
+        window_(window),
+        listener_(this),
         cli_(url, client_id, mqtt::create_options(MQTTVERSION_3_1_1, window + 1000)) {
     auto opts = mqtt::connect_options_builder()
                     .mqtt_version(MQTTVERSION_3_1_1)
@@ -355,7 +357,7 @@ struct Throughput {
 
 struct Latency {
   PhaseResult r;
-  double offered_rate = 0;  // achieved send rate
+  double offered_rate = 0;   // achieved send rate
   int64_t send_span_ns = 0;  // first to last send
   int64_t max_send_lag_ns = 0;
   double server_cpu_ms = 0, fwd_cpu_ms = 0;
@@ -388,8 +390,8 @@ bool probe(Publisher& pub, Subscriber& sub, const std::string& topic, size_t pay
   return false;
 }
 
-Throughput runThroughput(Publisher& pub, Subscriber& sub, const Path& path, const std::string& topic,
-                         size_t n, size_t payload_bytes) {
+Throughput runThroughput(Publisher& pub, Subscriber& sub, const Path& path, const std::string& topic, size_t n,
+                         size_t payload_bytes) {
   Throughput t;
   uint32_t run = g_next_run++;
   std::string buf(payload_bytes, '.');
@@ -429,15 +431,17 @@ Latency runLatency(Publisher& pub, Subscriber& sub, const Path& path, const std:
     auto due = start + period * static_cast<int64_t>(sent);
     if (Clock::now() < due) std::this_thread::sleep_until(due);
     int64_t now = nowNs();
-    l.max_send_lag_ns =
-        std::max<int64_t>(l.max_send_lag_ns, now - std::chrono::duration_cast<std::chrono::nanoseconds>(due.time_since_epoch()).count());
+    l.max_send_lag_ns = std::max<int64_t>(
+        l.max_send_lag_ns, now - std::chrono::duration_cast<std::chrono::nanoseconds>(due.time_since_epoch()).count());
     if (!first_send) first_send = now;
     last_send = now;
     fillPayload(buf, run, sent, now);
     if (!pub.publish(topic, buf)) break;
   }
   l.send_span_ns = last_send - first_send;
-  l.offered_rate = sent > 1 ? static_cast<double>(sent - 1) * 1e9 / static_cast<double>(std::max<int64_t>(1, last_send - first_send)) : 0;
+  l.offered_rate =
+      sent > 1 ? static_cast<double>(sent - 1) * 1e9 / static_cast<double>(std::max<int64_t>(1, last_send - first_send))
+               : 0;
   l.complete = waitReceived(sub, n, 3s, 30s);
   l.server_cpu_ms = cpuMs(path.server_pids) - cpu0;
   l.fwd_cpu_ms = cpuMs(path.forwarder_pid) - fwd0;
@@ -455,7 +459,7 @@ Latency runLatency(Publisher& pub, Subscriber& sub, const Path& path, const std:
 
 struct PathResult {
   std::string path;
-  bool fwd = false;  // the path has its own forwarder process (fingate, bare)
+  bool fwd = false;       // the path has its own forwarder process (fingate, bare)
   double other_cpus = 0;  // other processes' load during this path's phases
   bool ok = false;
   std::string error;
@@ -469,7 +473,8 @@ PathResult runPath(const Path& path, int qos, const Options& o, int round) {
   pr.fwd = path.forwarder_pid > 0;
   OtherLoad load(g_our_pids);
   std::string topic = "bench/q" + std::to_string(qos) + "/load";
-  std::string tag = std::to_string(::getpid()) + "-" + path.name + "-q" + std::to_string(qos) + "-" + std::to_string(round);
+  std::string tag =
+      std::to_string(::getpid()) + "-" + path.name + "-q" + std::to_string(qos) + "-" + std::to_string(round);
   try {
     Subscriber sub(path.sub_url, "bench-sub-" + tag, "bench/q" + std::to_string(qos) + "/#", qos);
     Publisher pub(path.pub_url, "bench-pub-" + tag, qos, o.window);
@@ -497,7 +502,9 @@ std::string usSigned(int64_t ns) { return fmt("%+.0f", static_cast<double>(ns) /
 
 void printThroughput(const std::vector<PathResult>& rs, int qos, const Options& o) {
   std::printf("\n#### Throughput, QoS %d, %zu x %zu B, publisher window %d\n\n", qos, o.messages, o.payload, o.window);
-  std::printf("| path | publish msg/s | **received msg/s** | MB/s | lost | dup | out-of-order | saturated | server CPU µs/msg | forwarder CPU µs/msg | other load (CPUs) |\n");
+  std::printf(
+      "| path | publish msg/s | **received msg/s** | MB/s | lost | dup | out-of-order | saturated | server CPU µs/msg "
+      "| forwarder CPU µs/msg | other load (CPUs) |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n");
   for (auto& p : rs) {
     if (!p.ok) {
@@ -506,9 +513,9 @@ void printThroughput(const std::vector<PathResult>& rs, int qos, const Options& 
     }
     auto& t = p.tp;
     double n = static_cast<double>(std::max<size_t>(1, t.r.unique));
-    std::printf("| %s | %.0f | **%.0f** | %.1f | %zu | %zu | %zu | %s | %.1f | %s | %.2f |\n", p.path.c_str(), t.send_rate,
-                t.r.recvRate(), t.r.recvRate() * static_cast<double>(o.payload) / 1e6, t.r.lost(), t.r.dups,
-                t.r.out_of_order, t.saturated() ? "yes" : "no", t.server_cpu_ms * 1000.0 / n,
+    std::printf("| %s | %.0f | **%.0f** | %.1f | %zu | %zu | %zu | %s | %.1f | %s | %.2f |\n", p.path.c_str(),
+                t.send_rate, t.r.recvRate(), t.r.recvRate() * static_cast<double>(o.payload) / 1e6, t.r.lost(),
+                t.r.dups, t.r.out_of_order, t.saturated() ? "yes" : "no", t.server_cpu_ms * 1000.0 / n,
                 p.fwd ? fmt("%.1f", t.fwd_cpu_ms * 1000.0 / n).c_str() : "–", p.other_cpus);
   }
 }
@@ -518,7 +525,9 @@ void printLatency(const std::vector<PathResult>& rs, int qos, const Options& o) 
   for (auto& p : rs)
     if (p.path == "direct" && p.ok) direct = &p;
   std::printf("\n#### Latency, QoS %d, offered %d msg/s for %.1f s, %zu B (µs)\n\n", qos, o.rate, o.seconds, o.payload);
-  std::printf("| path | sent msg/s | kept up | received | lost | dup | ooo | p50 | p90 | **p99** | p99.9 | max | added p50 | **added p99** | server CPU µs/msg | forwarder CPU µs/msg |\n");
+  std::printf(
+      "| path | sent msg/s | kept up | received | lost | dup | ooo | p50 | p90 | **p99** | p99.9 | max | added p50 | "
+      "**added p99** | server CPU µs/msg | forwarder CPU µs/msg |\n");
   std::printf("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (auto& p : rs) {
     if (!p.ok) {
@@ -536,10 +545,10 @@ void printLatency(const std::vector<PathResult>& rs, int qos, const Options& o) 
     // throttle it below 98%) and the receipts took no longer than the sends + 50 ms (no backlog).
     bool kept_up = l.r.unique == l.r.expected && l.offered_rate >= 0.98 * o.rate &&
                    l.r.last_ns - l.r.first_ns <= l.send_span_ns + 50'000'000;
-    std::printf("| %s | %.0f | %s | %zu | %zu | %zu | %zu | %s | %s | **%s** | %s | %s | %s | **%s** | %.1f | %s |\n", p.path.c_str(),
-                l.offered_rate, kept_up ? "yes" : "**no**", l.r.unique, l.r.lost(), l.r.dups, l.r.out_of_order, us(l.p50).c_str(),
-                us(l.p90).c_str(), us(l.p99).c_str(), us(l.p999).c_str(), us(l.max).c_str(), a50.c_str(),
-                a99.c_str(), l.server_cpu_ms * 1000.0 / n,
+    std::printf("| %s | %.0f | %s | %zu | %zu | %zu | %zu | %s | %s | **%s** | %s | %s | %s | **%s** | %.1f | %s |\n",
+                p.path.c_str(), l.offered_rate, kept_up ? "yes" : "**no**", l.r.unique, l.r.lost(), l.r.dups,
+                l.r.out_of_order, us(l.p50).c_str(), us(l.p90).c_str(), us(l.p99).c_str(), us(l.p999).c_str(),
+                us(l.max).c_str(), a50.c_str(), a99.c_str(), l.server_cpu_ms * 1000.0 / n,
                 p.fwd ? fmt("%.1f", l.fwd_cpu_ms * 1000.0 / n).c_str() : "–");
   }
 }
@@ -564,7 +573,10 @@ Summary summarize(const std::vector<PathResult>& rs, int qos, int round) {
     if (p.ok && p.path == "direct") d = &p;
   s.has_direct = d != nullptr;
   for (auto& p : rs) {
-    Summary::Row* row = p.path == "fingate" ? &s.fingate : p.path == "bare" ? &s.bare : p.path == "bridge" ? &s.bridge : nullptr;
+    Summary::Row* row = p.path == "fingate"  ? &s.fingate
+                        : p.path == "bare"   ? &s.bare
+                        : p.path == "bridge" ? &s.bridge
+                                             : nullptr;
     if (!row || !p.ok) continue;
     double n = static_cast<double>(std::max<size_t>(1, p.tp.r.unique));
     row->ok = true;
@@ -583,9 +595,12 @@ void printSummary(const std::vector<Summary>& ss, const Options& o) {
     return a.ok && b.ok && y > 0 ? fmt("%.2fx", x / y) : std::string("–");
   };
   std::printf("\n#### Summary (throughput phase; goal: fingate >= 0.9x the bare forwarder)\n\n");
-  std::printf("| round | QoS | received msg/s fingate / bare / bridge | saturated f / ba / br | **fingate/bare** | fingate/bridge "
-              "| forwarder CPU µs/msg fingate / bare | **CPU fingate/bare** | server CPU µs/msg fingate / bare / bridge "
-              "| added p99 µs at %d msg/s fingate / bare / bridge | goal |\n", o.rate);
+  std::printf(
+      "| round | QoS | received msg/s fingate / bare / bridge | saturated f / ba / br | **fingate/bare** | "
+      "fingate/bridge "
+      "| forwarder CPU µs/msg fingate / bare | **CPU fingate/bare** | server CPU µs/msg fingate / bare / bridge "
+      "| added p99 µs at %d msg/s fingate / bare / bridge | goal |\n",
+      o.rate);
   std::printf("|---:|---:|---|---|---:|---:|---|---:|---|---|---|\n");
   for (auto& s : ss) {
     const auto &f = s.fingate, &b = s.bare, &br = s.bridge;
@@ -597,15 +612,17 @@ void printSummary(const std::vector<Summary>& ss, const Options& o) {
                       : (f.saturated ? "**missed**" : "missed? (fingate not saturated)");
     }
     auto yn = [](const Summary::Row& r) { return r.ok ? (r.saturated ? "yes" : "no") : "–"; };
-    std::printf("| %d | %d | %s / %s / %s | %s / %s / %s | **%s** | %s | %s / %s | **%s** | %s / %s / %s | %s / %s / %s | %s |\n",
-                s.round, s.qos, cell(f, "%.0f", f.rate).c_str(), cell(b, "%.0f", b.rate).c_str(),
-                cell(br, "%.0f", br.rate).c_str(), yn(f), yn(b), yn(br), ratio(f, b, f.rate, b.rate).c_str(),
-                ratio(f, br, f.rate, br.rate).c_str(), cell(f, "%.1f", f.fwd_cpu).c_str(), cell(b, "%.1f", b.fwd_cpu).c_str(),
-                ratio(f, b, f.fwd_cpu, b.fwd_cpu).c_str(), cell(f, "%.1f", f.server_cpu).c_str(),
-                cell(b, "%.1f", b.server_cpu).c_str(), cell(br, "%.1f", br.server_cpu).c_str(),
-                s.has_direct ? cell(f, "%+.0f", f.added_p99_us).c_str() : "–",
-                s.has_direct ? cell(b, "%+.0f", b.added_p99_us).c_str() : "–",
-                s.has_direct ? cell(br, "%+.0f", br.added_p99_us).c_str() : "–", goal.c_str());
+    std::printf(
+        "| %d | %d | %s / %s / %s | %s / %s / %s | **%s** | %s | %s / %s | **%s** | %s / %s / %s | %s / %s / %s | %s "
+        "|\n",
+        s.round, s.qos, cell(f, "%.0f", f.rate).c_str(), cell(b, "%.0f", b.rate).c_str(),
+        cell(br, "%.0f", br.rate).c_str(), yn(f), yn(b), yn(br), ratio(f, b, f.rate, b.rate).c_str(),
+        ratio(f, br, f.rate, br.rate).c_str(), cell(f, "%.1f", f.fwd_cpu).c_str(), cell(b, "%.1f", b.fwd_cpu).c_str(),
+        ratio(f, b, f.fwd_cpu, b.fwd_cpu).c_str(), cell(f, "%.1f", f.server_cpu).c_str(),
+        cell(b, "%.1f", b.server_cpu).c_str(), cell(br, "%.1f", br.server_cpu).c_str(),
+        s.has_direct ? cell(f, "%+.0f", f.added_p99_us).c_str() : "–",
+        s.has_direct ? cell(b, "%+.0f", b.added_p99_us).c_str() : "–",
+        s.has_direct ? cell(br, "%+.0f", br.added_p99_us).c_str() : "–", goal.c_str());
   }
   std::fflush(stdout);
 }
@@ -619,8 +636,12 @@ const char* kBrokerExtra = "max_queued_messages 0\nmax_queued_bytes 0\nset_tcp_n
 std::string gatewayConfig(const std::string& a_url, const std::string& b_url, int qos, const std::string& extra) {
   std::string q = std::to_string(qos) + (extra.empty() ? "" : ", " + extra);
   return "endpoints:\n"
-         "  a: { plugin: mqtt, role: bridge, url: \"" + a_url + "\", qos: " + q + " }\n"
-         "  b: { plugin: mqtt, role: bridge, url: \"" + b_url + "\", qos: " + q + " }\n"
+         "  a: { plugin: mqtt, role: bridge, url: \"" +
+         a_url + "\", qos: " + q +
+         " }\n"
+         "  b: { plugin: mqtt, role: bridge, url: \"" +
+         b_url + "\", qos: " + q +
+         " }\n"
          "routes:\n"
          "  - from: { endpoint: a, topic: \"bench/#\" }\n"
          "    to:   { endpoint: b, topic: \"{topic}\" }\n";
@@ -629,8 +650,10 @@ std::string gatewayConfig(const std::string& a_url, const std::string& b_url, in
 int run(const Options& o) {
   ::prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);  // sleep_until as precise as the kernel allows
   std::vector<int> qoses;
-  if (o.qos == "both") qoses = {1, 0};
-  else qoses = {std::stoi(o.qos)};
+  if (o.qos == "both")
+    qoses = {1, 0};
+  else
+    qoses = {std::stoi(o.qos)};
   auto wants = [&](const std::string& p) { return o.paths.find(p) != std::string::npos; };
 
   std::printf("## mqtt_forward: %s, %u cpus, load %s\n", cpuModel().c_str(), std::thread::hardware_concurrency(),
@@ -641,7 +664,9 @@ int run(const Options& o) {
   Mosquitto direct(extra), a(extra), b(extra), a3(extra), b3(extra), b2(extra);
   Mosquitto a2(extra +
                "connection benchbridge\n"
-               "address 127.0.0.1:" + std::to_string(b2.port()) + "\n"
+               "address 127.0.0.1:" +
+               std::to_string(b2.port()) +
+               "\n"
                "topic bench/q0/# out 0\n"
                "topic bench/q1/# out 1\n"
                "cleansession true\n"
@@ -664,7 +689,8 @@ int run(const Options& o) {
         rs.push_back(runPath(p, qos, o, round));
       }
       if (wants("fingate")) {
-        Gateway gw(o.fingate, o.plugins_dir, "fingate-q" + std::to_string(qos), gatewayConfig(a.url(), b.url(), qos, o.fingate_options));
+        Gateway gw(o.fingate, o.plugins_dir, "fingate-q" + std::to_string(qos),
+                   gatewayConfig(a.url(), b.url(), qos, o.fingate_options));
         if (!gw.start(20s)) {
           PathResult pr;
           pr.path = "fingate";
@@ -684,7 +710,8 @@ int run(const Options& o) {
         Process fwd({o.bare, "--from", a3.url(), "--to", b3.url(), "--filter", "bench/#", "--qos", std::to_string(qos),
                      "--window", std::to_string(o.bare_window), "--max-seconds", "300"},
                     dir + "/bare.log");
-        if (!waitFor([&] { return !fwd.running() || fwd.log().find("bare forwarder: up") != std::string::npos; }, 20s) ||
+        if (!waitFor([&] { return !fwd.running() || fwd.log().find("bare forwarder: up") != std::string::npos; },
+                     20s) ||
             !fwd.running()) {
           PathResult pr;
           pr.path = "bare";
@@ -728,18 +755,27 @@ int main(int argc, char** argv) {
   app.add_option("--fingate", o.fingate, "fingate binary")->capture_default_str();
   app.add_option("--plugins-dir", o.plugins_dir, "directory with libfingate-mqtt.so")->capture_default_str();
   app.add_option("--bare", o.bare, "mqtt_bare_forward binary")->capture_default_str();
-  app.add_option("--bare-window", o.bare_window, "the bare forwarder's in-flight window")->capture_default_str()->check(CLI::Range(1, 60000));
+  app.add_option("--bare-window", o.bare_window, "the bare forwarder's in-flight window")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 60000));
   app.add_option("--messages", o.messages, "messages per throughput phase")->capture_default_str();
-  app.add_option("--rate", o.rate, "offered rate of the latency phase, msg/s")->capture_default_str()->check(CLI::Range(1, 1000000));
-  app.add_option("--seconds", o.seconds, "length of the latency phase")->capture_default_str()->check(CLI::Range(0.1, 60.0));
+  app.add_option("--rate", o.rate, "offered rate of the latency phase, msg/s")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
+  app.add_option("--seconds", o.seconds, "length of the latency phase")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 60.0));
   app.add_option("--qos", o.qos, "0, 1 or both")->capture_default_str()->check(CLI::IsMember({"0", "1", "both"}));
   app.add_option("--repeat", o.repeat, "rounds")->capture_default_str()->check(CLI::Range(1, 10));
   app.add_option("--payload", o.payload, "payload bytes")->capture_default_str()->check(CLI::Range(64, 1 << 20));
-  app.add_option("--window", o.window, "publisher in-flight window")->capture_default_str()->check(CLI::Range(1, 65535));
+  app.add_option("--window", o.window, "publisher in-flight window")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65535));
   app.add_option("--paths", o.paths, "comma-separated subset of direct,fingate,bare,bridge")->capture_default_str();
   app.add_option("--fingate-options", o.fingate_options,
                  "extra options for both fingate MQTT endpoints, YAML flow-map entries (e.g. \"mqtt_version: 3\")");
-  app.add_flag("--keep-logs", o.keep_logs, "keep /tmp/fingate-bench-<pid> (process logs) and print where the gateway logs are");
+  app.add_flag("--keep-logs", o.keep_logs,
+               "keep /tmp/fingate-bench-<pid> (process logs) and print where the gateway logs are");
   CLI11_PARSE(app, argc, argv);
   if (o.messages < 10 || o.messages > 10'000'000) {
     std::fprintf(stderr, "--messages must be in [10, 10000000]\n");

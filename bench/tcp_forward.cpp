@@ -52,83 +52,20 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
-#include <fstream>
 #include <cinttypes>
 #include <csignal>
+#include <fstream>
 #include <mutex>
 
 #include "bench_support.hpp"
 
 namespace fingate::bench {
 
-std::atomic<bool> g_interrupted{false};
-
 // ---- Fin protocol messages: the repository's captured vectors (tests/data/vectors) -------------
 
 const char* const kFinId = "soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d";
 const char* const kCapability = "mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d";
 const char* const kRegisterId = "abec7356-e6f0-11f1-acf4-02fc00000001";
-// 01-a-register.json, and 03-a-command-auth.json split around its message_id and its empty
-// `variables` (a padding variable goes there). Filled by loadVectors() before anything runs.
-std::string g_register, g_command_head, g_command_mid, g_command_tail;
-
-std::string readVector(const std::string& dir, const std::string& name) {
-  std::ifstream f(dir + "/" + name, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot read " + dir + "/" + name + " (--vectors names the directory)");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s;
-}
-
-void loadVectors(const std::string& dir) {
-  g_register = readVector(dir, "01-a-register.json");
-  const std::string cmd = readVector(dir, "03-a-command-auth.json");
-  const std::string id_key = "\"message_id\":\"", vars = "\"variables\":{}";
-  size_t id = cmd.find(id_key), id_end = id == std::string::npos ? id : cmd.find('"', id + id_key.size());
-  size_t v = cmd.find(vars);
-  if (id_end == std::string::npos || v == std::string::npos || v < id_end)
-    throw std::runtime_error(dir + "/03-a-command-auth.json: no message_id or empty variables to fill");
-  g_command_head = cmd.substr(0, id + id_key.size());
-  g_command_mid = cmd.substr(id_end, v + vars.size() - 1 - id_end) +
-                R"("__pad__":{"type":"string","name":"__pad__","description":"padding","value":")";
-  g_command_tail = R"(","constant":false,"external":false})" + cmd.substr(v + vars.size() - 1);
-}
-
-// message_id = "bench-" + 8 hex run + "-" + 10 digit seq + "-" + 20 digit send time (ns): 46 chars.
-size_t idOffset() { return g_command_head.size(); }
-constexpr size_t kIdLen = 46;
-
-void writeId(char* at, uint32_t run, uint64_t seq, int64_t ts) {
-  char b[64];
-  std::snprintf(b, sizeof b, "bench-%08x-%010" PRIu64 "-%020" PRId64, run, seq, ts);
-  std::memcpy(at, b, kIdLen);
-}
-
-struct Stamp {
-  uint32_t run = 0;
-  uint64_t seq = 0;
-  int64_t ts = 0;
-};
-
-bool readId(const char* p, size_t n, Stamp& s) {
-  if (n < idOffset() + kIdLen) return false;
-  const char* id = p + idOffset();
-  if (std::memcmp(id, "bench-", 6) != 0) return false;
-  auto a = std::from_chars(id + 6, id + 14, s.run, 16);
-  auto b = std::from_chars(id + 15, id + 25, s.seq);
-  auto c = std::from_chars(id + 26, id + 46, s.ts);
-  return a.ec == std::errc() && b.ec == std::errc() && c.ec == std::errc();
-}
-
-// The command, padded to exactly payload_bytes (or its minimum size, if larger).
-size_t minCommandBytes() {
-  return g_command_head.size() + kIdLen + g_command_mid.size() + g_command_tail.size();
-}
-std::string makeCommand(size_t payload_bytes) {
-  size_t pad = payload_bytes > minCommandBytes() ? payload_bytes - minCommandBytes() : 0;
-  return g_command_head + std::string(kIdLen, '0') + g_command_mid + std::string(pad, 'x') + g_command_tail;
-}
-
 // ---- frames ---------------------------------------------------------------------------------------
 
 enum Kind : uint8_t { kPublish = 1, kSubscribe = 2, kPing = 4, kPong = 5, kError = 6 };
@@ -245,7 +182,7 @@ class FinCounter {
       ++other_frames_;
       return;
     }
-    Stamp s;
+    IdStamp s;
     if (!readId(payload.data(), payload.size(), s)) {
       ++strays_;
       return;
@@ -261,8 +198,10 @@ class FinCounter {
       return;
     }
     lat_[s.seq] = now - s.ts;
-    if (static_cast<int64_t>(s.seq) < max_seq_) ++ooo_;
-    else max_seq_ = static_cast<int64_t>(s.seq);
+    if (static_cast<int64_t>(s.seq) < max_seq_)
+      ++ooo_;
+    else
+      max_seq_ = static_cast<int64_t>(s.seq);
     unique_.fetch_add(1, std::memory_order_release);
   }
   // The caller holds the reader's lock for arm() and take().
@@ -313,7 +252,8 @@ struct OrchCounter {
   std::atomic<uint64_t> pongs{0}, errors{0}, nacks{0}, other{0};
   std::string last_error;  // reader lock
   void onFrame(uint8_t kind, std::string_view topic, std::string_view payload) {
-    if (kind == kPong) ++pongs;
+    if (kind == kPong)
+      ++pongs;
     else if (kind == kError) {
       ++errors;
       last_error = std::string(payload.substr(0, 300));
@@ -450,7 +390,8 @@ class Bench {
       // Everything due by now goes in one write (only when the sender fell behind).
       auto now_tp = Clock::now();
       int64_t now = nowNs();
-      l.max_lag_ns = std::max<int64_t>(l.max_lag_ns, std::chrono::duration_cast<std::chrono::nanoseconds>(now_tp - due).count());
+      l.max_lag_ns =
+          std::max<int64_t>(l.max_lag_ns, std::chrono::duration_cast<std::chrono::nanoseconds>(now_tp - due).count());
       batch.clear();
       size_t k = 0;
       while (sent + k < n && k < 32 && start + period * static_cast<int64_t>(sent + k) <= now_tp) {
@@ -470,7 +411,8 @@ class Bench {
     l.cpu_us_per_msg = (cpuMs(pid_) - cpu0) * 1000.0 / msgs;
     l.self_us_per_msg = (cpuMs(::getpid()) - self0) * 1000.0 / msgs;
     l.send_span_ns = last - first;
-    l.sent_rate = sent > 1 && last > first ? static_cast<double>(sent - 1) * 1e9 / static_cast<double>(last - first) : 0;
+    l.sent_rate =
+        sent > 1 && last > first ? static_cast<double>(sent - 1) * 1e9 / static_cast<double>(last - first) : 0;
     auto& v = l.r.latencies_ns;
     std::sort(v.begin(), v.end());
     l.p50 = percentile(v, 0.50);
@@ -524,11 +466,12 @@ TargetResult runTarget(const std::string& name, const Options& o) {
   std::unique_ptr<Process> relay;
   int pid = 0, orch_port = 0, fins_port = 0;
   if (name == "fingate") {
-    gw = std::make_unique<Gateway>(o.fingate, o.plugins_dir, "tcp-fingate",
-                                   "endpoints:\n"
-                                   "  orchestrator: { plugin: tcp, role: orchestrator, listen: \"127.0.0.1:{PORT:orchestrator}\" }\n"
-                                   "  fins: { plugin: tcp, role: fins, listen: \"127.0.0.1:{PORT:fins}\" }\n"
-                                   "routes: []\n");
+    gw = std::make_unique<Gateway>(
+        o.fingate, o.plugins_dir, "tcp-fingate",
+        "endpoints:\n"
+        "  orchestrator: { plugin: tcp, role: orchestrator, listen: \"127.0.0.1:{PORT:orchestrator}\" }\n"
+        "  fins: { plugin: tcp, role: fins, listen: \"127.0.0.1:{PORT:fins}\" }\n"
+        "routes: []\n");
     if (!gw->start()) {
       tr.error = "fingate did not start";
       return tr;
@@ -539,12 +482,14 @@ TargetResult runTarget(const std::string& name, const Options& o) {
   } else {
     std::string dir = tempDir("tcp-relay");
     relay = std::make_unique<Process>(std::vector<std::string>{o.relay, "--max-seconds", "300"}, dir + "/relay.log");
-    waitFor([&] {
-      std::string log = relay->log();
-      orch_port = portAfter(log, "orchestrator listening on");
-      fins_port = portAfter(log, "fins listening on");
-      return (orch_port && fins_port) || !relay->running();
-    }, 10s);
+    waitFor(
+        [&] {
+          std::string log = relay->log();
+          orch_port = portAfter(log, "orchestrator listening on");
+          fins_port = portAfter(log, "fins listening on");
+          return (orch_port && fins_port) || !relay->running();
+        },
+        10s);
     if (!orch_port || !fins_port) {
       tr.error = "tcp_relay did not start: " + relay->log();
       return tr;
@@ -587,7 +532,8 @@ TargetResult runTarget(const std::string& name, const Options& o) {
       } else {
         // Warm-up (not reported); its rate sizes the measured phase to about --tp-seconds.
         Throughput warm = b.throughput(20000);
-        size_t n = static_cast<size_t>(std::clamp(warm.rate * o.tp_seconds, 20000.0, static_cast<double>(o.max_messages)));
+        size_t n =
+            static_cast<size_t>(std::clamp(warm.rate * o.tp_seconds, 20000.0, static_cast<double>(o.max_messages)));
         load.reset();
         tr.tp = b.throughput(n);
         std::this_thread::sleep_for(300ms);
@@ -607,7 +553,8 @@ TargetResult runTarget(const std::string& name, const Options& o) {
     char notes[512];
     std::snprintf(notes, sizeof notes,
                   "orchestrator heard: register %s, %" PRIu64 " nacks, %" PRIu64 " error frames, %" PRIu64
-                  " other; fin heard %" PRIu64 " frames besides commands (the register's ack; through the relay also O's 2 subscribes)",
+                  " other; fin heard %" PRIu64
+                  " frames besides commands (the register's ack; through the relay also O's 2 subscribes)",
                   orch.registered ? "yes" : "no", orch.nacks.load(), orch.errors.load(), orch.other.load(),
                   fin.otherFrames());
     tr.notes = notes;
@@ -642,7 +589,9 @@ TargetResult runTarget(const std::string& name, const Options& o) {
 std::string us(int64_t ns) { return fmt("%.0f", static_cast<double>(ns) / 1e3); }
 
 void printLatency(const std::vector<TargetResult>& rs, const Latency& (*pick)(const TargetResult&)) {
-  std::printf("| target | rate msg/s | sent msg/s | kept up | received | lost | dup | ooo | p50 | p90 | **p99** | p99.9 | max | max send lag | CPU µs/msg (target) | harness CPU µs/msg |\n");
+  std::printf(
+      "| target | rate msg/s | sent msg/s | kept up | received | lost | dup | ooo | p50 | p90 | **p99** | p99.9 | max "
+      "| max send lag | CPU µs/msg (target) | harness CPU µs/msg |\n");
   std::printf("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (auto& t : rs) {
     const Latency& l = pick(t);
@@ -652,27 +601,29 @@ void printLatency(const std::vector<TargetResult>& rs, const Latency& (*pick)(co
     }
     std::printf("| %s | %.0f | %.0f | %s | %zu | %zu | %zu | %zu | %s | %s | **%s** | %s | %s | %s | %.2f | %.2f |\n",
                 t.name.c_str(), l.target_rate, l.sent_rate, l.kept_up ? "yes" : "**no**", l.r.unique, l.r.lost(),
-                l.r.dups, l.r.out_of_order, us(l.p50).c_str(), us(l.p90).c_str(), us(l.p99).c_str(),
-                us(l.p999).c_str(), us(l.max).c_str(), us(l.max_lag_ns).c_str(), l.cpu_us_per_msg,
-                l.self_us_per_msg);
+                l.r.dups, l.r.out_of_order, us(l.p50).c_str(), us(l.p90).c_str(), us(l.p99).c_str(), us(l.p999).c_str(),
+                us(l.max).c_str(), us(l.max_lag_ns).c_str(), l.cpu_us_per_msg, l.self_us_per_msg);
   }
 }
 
 void print(const std::vector<TargetResult>& rs, const Options& o, int round) {
   std::printf("\n### Round %d (load %s)\n\n", round, loadLine().c_str());
   std::printf("#### Saturated: ~%.0f s of commands, %zu B payload, window %zu\n\n", o.tp_seconds, o.payload, o.window);
-  std::printf("| target | commands | **msg/s** | MB/s | lost | dup | out-of-order | **CPU µs/msg** (target) | harness CPU µs/msg | other load (CPUs) |\n");
+  std::printf(
+      "| target | commands | **msg/s** | MB/s | lost | dup | out-of-order | **CPU µs/msg** (target) | harness CPU "
+      "µs/msg | other load (CPUs) |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (auto& t : rs) {
     if (!t.tp.r.expected) {
       std::printf("| %s | FAILED: %s |||||||||\n", t.name.c_str(), t.error.c_str());
       continue;
     }
-    std::printf("| %s | %zu | **%.0f** | %.1f | %zu | %zu | %zu | **%.2f** | %.2f | %.2f |\n", t.name.c_str(), t.tp.r.expected, t.tp.rate,
-                t.tp.rate * static_cast<double>(o.payload) / 1e6, t.tp.r.lost(), t.tp.r.dups, t.tp.r.out_of_order,
-                t.tp.cpu_us_per_msg, t.tp.self_us_per_msg, t.other_cpus);
+    std::printf("| %s | %zu | **%.0f** | %.1f | %zu | %zu | %zu | **%.2f** | %.2f | %.2f |\n", t.name.c_str(),
+                t.tp.r.expected, t.tp.rate, t.tp.rate * static_cast<double>(o.payload) / 1e6, t.tp.r.lost(),
+                t.tp.r.dups, t.tp.r.out_of_order, t.tp.cpu_us_per_msg, t.tp.self_us_per_msg, t.other_cpus);
   }
-  std::printf("\n#### Paced at %.2f x each target's own saturated rate, %.1f s (latency µs)\n\n", o.rate_fraction, o.seconds);
+  std::printf("\n#### Paced at %.2f x each target's own saturated rate, %.1f s (latency µs)\n\n", o.rate_fraction,
+              o.seconds);
   printLatency(rs, [](const TargetResult& t) -> const Latency& { return t.lat; });
   if (o.common_rate > 0) {
     std::printf("\n#### Paced at %.0f msg/s for every target, %.1f s (latency µs)\n\n", o.common_rate, o.seconds);
@@ -686,23 +637,28 @@ void print(const std::vector<TargetResult>& rs, const Options& o, int round) {
   if (g && r) {
     auto ratio = [](double a, double b) { return b > 0 ? fmt("%.2fx", a / b) : std::string("–"); };
     std::printf("\n#### Ratio fingate / relay (same run)\n\n");
-    std::printf("| saturated msg/s | CPU µs/msg saturated | CPU µs/msg at %.2fx own | p50 at %.2fx own | p99 at %.2fx own "
-                "| CPU µs/msg at %.0f/s | p50 at %.0f/s | p99 at %.0f/s |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-                o.rate_fraction, o.rate_fraction, o.rate_fraction, o.common_rate, o.common_rate, o.common_rate);
+    std::printf(
+        "| saturated msg/s | CPU µs/msg saturated | CPU µs/msg at %.2fx own | p50 at %.2fx own | p99 at %.2fx own "
+        "| CPU µs/msg at %.0f/s | p50 at %.0f/s | p99 at %.0f/s |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        o.rate_fraction, o.rate_fraction, o.rate_fraction, o.common_rate, o.common_rate, o.common_rate);
     auto p = [](int64_t v) { return static_cast<double>(v); };
     std::printf("| %s | %s | %s | %s | %s | %s | %s | %s |\n", ratio(g->tp.rate, r->tp.rate).c_str(),
                 ratio(g->tp.cpu_us_per_msg, r->tp.cpu_us_per_msg).c_str(),
-                ratio(g->lat.cpu_us_per_msg, r->lat.cpu_us_per_msg).c_str(), ratio(p(g->lat.p50), p(r->lat.p50)).c_str(),
-                ratio(p(g->lat.p99), p(r->lat.p99)).c_str(),
+                ratio(g->lat.cpu_us_per_msg, r->lat.cpu_us_per_msg).c_str(),
+                ratio(p(g->lat.p50), p(r->lat.p50)).c_str(), ratio(p(g->lat.p99), p(r->lat.p99)).c_str(),
                 ratio(g->common.cpu_us_per_msg, r->common.cpu_us_per_msg).c_str(),
                 ratio(p(g->common.p50), p(r->common.p50)).c_str(), ratio(p(g->common.p99), p(r->common.p99)).c_str());
-    std::printf("\n(\"own\": each target paced at %.2f x its own saturated rate, so those rates differ; the fixed-rate columns compare equal load)\n",
-                o.rate_fraction);
+    std::printf(
+        "\n(\"own\": each target paced at %.2f x its own saturated rate, so those rates differ; the fixed-rate columns "
+        "compare equal load)\n",
+        o.rate_fraction);
   }
   std::printf("\n");
   for (auto& t : rs) {
-    if (t.ok) std::printf("* %s: no loss; %s\n", t.name.c_str(), t.notes.c_str());
-    else std::printf("* %s: **%s**; %s\n", t.name.c_str(), t.error.c_str(), t.notes.c_str());
+    if (t.ok)
+      std::printf("* %s: no loss; %s\n", t.name.c_str(), t.notes.c_str());
+    else
+      std::printf("* %s: **%s**; %s\n", t.name.c_str(), t.error.c_str(), t.notes.c_str());
   }
   std::fflush(stdout);
 }
@@ -741,38 +697,32 @@ int main(int argc, char** argv) {
   app.add_option("--plugins-dir", o.plugins_dir, "directory with libfingate-tcp.so")->capture_default_str();
   app.add_option("--relay", o.relay, "tcp_relay binary")->capture_default_str();
   app.add_option("--targets", o.targets, "comma-separated subset of fingate,relay")->capture_default_str();
-  app.add_option("--tp-seconds", o.tp_seconds, "saturated phase length (sized from the warm-up's rate)")->capture_default_str()->check(CLI::Range(0.2, 20.0));
-  app.add_option("--max-messages", o.max_messages, "at most this many commands in the saturated phase")->capture_default_str()->check(CLI::Range(20000, 20'000'000));
-  app.add_option("--seconds", o.seconds, "length of the paced (latency) phase")->capture_default_str()->check(CLI::Range(0.1, 30.0));
-  app.add_option("--common-rate", o.common_rate, "a second paced phase at this rate for every target, msg/s (0: off)")->capture_default_str()->check(CLI::Range(0.0, 2e6));
-  app.add_option("--rate-fraction", o.rate_fraction, "paced rate as a fraction of the saturated rate")->capture_default_str()->check(CLI::Range(0.01, 1.0));
-  app.add_option("--payload", o.payload, "command payload bytes (at least the command JSON itself, ~800)")->capture_default_str()->check(CLI::Range(size_t(1), size_t(1) << 20));
-  app.add_option("--window", o.window, "commands sent and not yet received, at most")->capture_default_str()->check(CLI::Range(1, 100000));
+  app.add_option("--tp-seconds", o.tp_seconds, "saturated phase length (sized from the warm-up's rate)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.2, 20.0));
+  app.add_option("--max-messages", o.max_messages, "at most this many commands in the saturated phase")
+      ->capture_default_str()
+      ->check(CLI::Range(20000, 20'000'000));
+  app.add_option("--seconds", o.seconds, "length of the paced (latency) phase")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 30.0));
+  app.add_option("--common-rate", o.common_rate, "a second paced phase at this rate for every target, msg/s (0: off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 2e6));
+  app.add_option("--rate-fraction", o.rate_fraction, "paced rate as a fraction of the saturated rate")
+      ->capture_default_str()
+      ->check(CLI::Range(0.01, 1.0));
+  app.add_option("--payload", o.payload, "command payload bytes (at least the command JSON itself, ~800)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t(1), size_t(1) << 20));
+  app.add_option("--window", o.window, "commands sent and not yet received, at most")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   app.add_option("--repeat", o.repeat, "rounds")->capture_default_str()->check(CLI::Range(1, 10));
   app.add_flag("--keep-logs", o.keep_logs, "keep /tmp/fingate-bench-<pid> (process logs)");
   std::string vectors = FINGATE_VECTORS_DIR;
   app.add_option("--vectors", vectors, "the captured Fin vectors (register, command)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  try {
-    fingate::bench::loadVectors(vectors);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "tcp_forward: %s\n", e.what());
-    return 2;
-  }
-  if (o.payload < fingate::bench::minCommandBytes()) {
-    std::fprintf(stderr, "--payload must be at least %zu\n", fingate::bench::minCommandBytes());
-    return 2;
-  }
-  std::signal(SIGINT, [](int) { fingate::bench::g_interrupted = true; });
-  std::signal(SIGTERM, [](int) { fingate::bench::g_interrupted = true; });
-  std::signal(SIGPIPE, SIG_IGN);
-  int rc;
-  try {
-    rc = fingate::bench::run(o);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "tcp_forward: %s\n", e.what());
-    rc = 1;
-  }
-  if (!o.keep_logs) fingate::bench::cleanupTempRoot();
-  return rc;
+  return fingate::bench::harnessMain("tcp_forward", vectors, o.payload, o.keep_logs,
+                                     [&] { return fingate::bench::run(o); });
 }
