@@ -86,17 +86,7 @@ std::string regexEscape(const std::string& s) {
   return out;
 }
 
-std::string randomHex(size_t bytes) {
-  std::random_device rd;
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < bytes; ++i) {
-    unsigned v = rd() & 0xffu;
-    out.push_back(digits[v >> 4]);
-    out.push_back(digits[v & 15]);
-  }
-  return out;
-}
+using fingate::sdk::randomHex;
 
 struct Settings {
   std::string brokers;

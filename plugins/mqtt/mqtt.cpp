@@ -26,21 +26,18 @@
 // the host acks it once with its outcome. Paho acknowledges QoS 1 on receipt and has no manual
 // ack, so here the outcomes are only counted (and logged at stop). For the same reason a message
 // that arrives while the hold is full is lost: counted and logged (ERROR, rate-limited).
-#include <fingate/plugin_sdk.hpp>
-#include <fingate/topic.hpp>
-#include "tcp_nodelay.hpp"
-#include "tls_probe.hpp"
-
 #include <mqtt/async_client.h>
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <fingate/plugin_sdk.hpp>
+#include <fingate/topic.hpp>
 #include <map>
 #include <mutex>
 #include <random>
@@ -48,6 +45,9 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "tcp_nodelay.hpp"
+#include "tls_probe.hpp"
 
 namespace {
 
@@ -83,8 +83,8 @@ struct Settings {
   int reconnect_max_ms = 10000;
   bool connect_retry = true;
   int connect_timeout_ms = 10000;
-  size_t hold_max = 65536;             // inbound messages held after the host answered RETRY
-  size_t hold_max_bytes = 64u << 20;   // ... and their bytes (topic + payload + headers)
+  size_t hold_max = 65536;            // inbound messages held after the host answered RETRY
+  size_t hold_max_bytes = 64u << 20;  // ... and their bytes (topic + payload + headers)
   size_t queue_max = 10000;
   // MQTT 5 shared subscriptions ($share/<group>/<filter>): instances with the same group each
   // take a share of every subscription's messages. Publishes carry the user property
@@ -99,17 +99,7 @@ constexpr const char* kGroupProperty = "fingate-group";
 constexpr long long kDefaultHoldMax = 65536;
 constexpr long long kDefaultHoldMaxBytes = 64ll << 20;
 
-std::string randomHex(size_t bytes) {
-  std::random_device rd;
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < bytes; ++i) {
-    unsigned v = rd() & 0xffu;
-    out.push_back(digits[v >> 4]);
-    out.push_back(digits[v & 15]);
-  }
-  return out;
-}
+using fingate::sdk::randomHex;
 
 bool hasControlOrWildcard(std::string_view s) {
   for (char c : s)
@@ -134,11 +124,16 @@ void parseUrl(const std::string& url, Settings& s) {
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) bad("must not contain spaces or control characters");
   if (sep == std::string::npos || sep == 0) bad(shape + ", got '" + url + "'");
   std::string scheme = url.substr(0, sep);
-  std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  if (scheme == "tcp" || scheme == "mqtt") s.tls = false;
-  else if (scheme == "ssl" || scheme == "mqtts" || scheme == "tls") s.tls = true;
-  else if (scheme == "ws" || scheme == "wss") bad("MQTT over websockets (" + scheme + "://) is not supported; use tcp:// or ssl://");
-  else bad("unsupported scheme '" + scheme + "' in '" + url + "' (use tcp://, mqtt://, ssl:// or mqtts://)");
+  std::transform(scheme.begin(), scheme.end(), scheme.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (scheme == "tcp" || scheme == "mqtt")
+    s.tls = false;
+  else if (scheme == "ssl" || scheme == "mqtts" || scheme == "tls")
+    s.tls = true;
+  else if (scheme == "ws" || scheme == "wss")
+    bad("MQTT over websockets (" + scheme + "://) is not supported; use tcp:// or ssl://");
+  else
+    bad("unsupported scheme '" + scheme + "' in '" + url + "' (use tcp://, mqtt://, ssl:// or mqtts://)");
   std::string rest = authority;
   if (!rest.empty() && rest.back() == '/') rest.pop_back();
   if (rest.find_first_of("/?#") != std::string::npos)
@@ -152,7 +147,8 @@ void parseUrl(const std::string& url, Settings& s) {
     for (char c : host.substr(1, host.size() - 2))
       if (!std::isxdigit(static_cast<unsigned char>(c)) && c != ':' && c != '.')
         bad("invalid IPv6 address " + host + " in '" + url + "'");
-    if (host.size() <= 3 || host.find(':') == std::string::npos) bad("invalid IPv6 address " + host + " in '" + url + "'");
+    if (host.size() <= 3 || host.find(':') == std::string::npos)
+      bad("invalid IPv6 address " + host + " in '" + url + "'");
     if (close + 1 < rest.size()) {
       if (rest[close + 1] != ':') bad("expected ':port' after ']' in '" + url + "'");
       port = rest.substr(close + 2);
@@ -194,24 +190,30 @@ Settings parseSettings(const Config& cfg) {
   if (s.client_id.size() > 65535) throw ConfigError("client_id", "too long");
   s.qos = static_cast<int>(cfg.getInt("qos", 1, 0, 1));
   std::string v = cfg.get("mqtt_version", "auto");
-  if (v == "auto") s.version = VersionMode::Auto;
-  else if (v == "3" || v == "3.1.1" || v == "4") s.version = VersionMode::V311;
-  else if (v == "5") s.version = VersionMode::V5;
-  else throw ConfigError("mqtt_version", "expected auto, 3 or 5, got '" + v + "'");
+  if (v == "auto")
+    s.version = VersionMode::Auto;
+  else if (v == "3" || v == "3.1.1" || v == "4")
+    s.version = VersionMode::V311;
+  else if (v == "5")
+    s.version = VersionMode::V5;
+  else
+    throw ConfigError("mqtt_version", "expected auto, 3 or 5, got '" + v + "'");
   s.username = cfg.get("username", "");
   s.has_password = cfg.has("password");
   s.password = cfg.get("password", "");
   if (s.has_password && s.username.empty()) throw ConfigError("password", "needs a username");
   s.prefix = cfg.get("topic_prefix", "");
-  if (hasControlOrWildcard(s.prefix)) throw ConfigError("topic_prefix", "must not contain '+', '#' or control characters");
+  if (hasControlOrWildcard(s.prefix))
+    throw ConfigError("topic_prefix", "must not contain '+', '#' or control characters");
   s.shared_group = cfg.get("shared_group", "");
   if (cfg.has("shared_group")) {
     if (s.shared_group.empty() || s.shared_group.find_first_of("/+#") != std::string::npos ||
         hasControlOrWildcard(s.shared_group) || s.shared_group.size() > 256)
       throw ConfigError("shared_group", "expected a name without '/', '+', '#' or control characters (e.g. fingate)");
     if (s.version == VersionMode::V311)
-      throw ConfigError("shared_group", "needs MQTT 5 (mqtt_version: 5 or auto): instances recognise each "
-                                        "other's publishes by a user property");
+      throw ConfigError("shared_group",
+                        "needs MQTT 5 (mqtt_version: 5 or auto): instances recognise each "
+                        "other's publishes by a user property");
     s.version = VersionMode::V5;  // no fallback to 3.1.1
   }
   s.ca_file = cfg.get("tls.ca_file", "");
@@ -223,11 +225,13 @@ Settings parseSettings(const Config& cfg) {
       if (cfg.has(k)) throw ConfigError(k, "needs an ssl:// url (url is '" + s.url + "')");
   }
   if (s.cert_file.empty() != s.key_file.empty())
-    throw ConfigError(s.cert_file.empty() ? "tls.cert_file" : "tls.key_file", "tls.cert_file and tls.key_file go together");
+    throw ConfigError(s.cert_file.empty() ? "tls.cert_file" : "tls.key_file",
+                      "tls.cert_file and tls.key_file go together");
   s.keepalive_s = static_cast<int>(cfg.getInt("keepalive_s", 30, 0, 65535));
   s.reconnect_min_ms = static_cast<int>(cfg.getInt("reconnect_min_ms", 100, 1, 3600000));
   s.reconnect_max_ms = static_cast<int>(cfg.getInt("reconnect_max_ms", 10000, 1, 3600000));
-  if (s.reconnect_max_ms < s.reconnect_min_ms) throw ConfigError("reconnect_max_ms", "must be at least reconnect_min_ms");
+  if (s.reconnect_max_ms < s.reconnect_min_ms)
+    throw ConfigError("reconnect_max_ms", "must be at least reconnect_min_ms");
   s.connect_retry = cfg.getBool("connect_retry", true);
   s.connect_timeout_ms = static_cast<int>(cfg.getInt("connect_timeout_ms", 10000, 100, 600000));
   // `inflight_max` is the old name of inbound_hold_max (it never bounded the publish window).
@@ -248,14 +252,29 @@ std::string hex2(int v);
 std::string disconnectReason(int rc) {
   const char* text = nullptr;
   switch (rc) {
-    case 0x8B: text = "server shutting down"; break;
-    case 0x8D: text = "keep alive timeout"; break;
-    case 0x8E: text = "session taken over: another client connected with the same client_id"; break;
-    case 0x87: text = "not authorized"; break;
-    case 0x98: text = "administrative action"; break;
-    case 0x9C: text = "use another server"; break;
-    case 0x95: text = "packet too large"; break;
-    default: break;
+    case 0x8B:
+      text = "server shutting down";
+      break;
+    case 0x8D:
+      text = "keep alive timeout";
+      break;
+    case 0x8E:
+      text = "session taken over: another client connected with the same client_id";
+      break;
+    case 0x87:
+      text = "not authorized";
+      break;
+    case 0x98:
+      text = "administrative action";
+      break;
+    case 0x9C:
+      text = "use another server";
+      break;
+    case 0x95:
+      text = "packet too large";
+      break;
+    default:
+      break;
   }
   return "reason " + hex2(rc) + (text ? std::string(": ") + text : "");
 }
@@ -264,16 +283,35 @@ std::string disconnectReason(int rc) {
 std::string subackReason(int rc) {
   const char* text = nullptr;
   switch (rc) {
-    case 0x80: text = "unspecified error / failure"; break;
-    case 0x83: text = "implementation specific error"; break;
-    case 0x87: text = "not authorized"; break;
-    case 0x8F: text = "topic filter invalid"; break;
-    case 0x91: text = "packet identifier in use"; break;
-    case 0x97: text = "quota exceeded"; break;
-    case 0x9E: text = "shared subscriptions not supported"; break;
-    case 0xA1: text = "subscription identifiers not supported"; break;
-    case 0xA2: text = "wildcard subscriptions not supported"; break;
-    default: break;
+    case 0x80:
+      text = "unspecified error / failure";
+      break;
+    case 0x83:
+      text = "implementation specific error";
+      break;
+    case 0x87:
+      text = "not authorized";
+      break;
+    case 0x8F:
+      text = "topic filter invalid";
+      break;
+    case 0x91:
+      text = "packet identifier in use";
+      break;
+    case 0x97:
+      text = "quota exceeded";
+      break;
+    case 0x9E:
+      text = "shared subscriptions not supported";
+      break;
+    case 0xA1:
+      text = "subscription identifiers not supported";
+      break;
+    case 0xA2:
+      text = "wildcard subscriptions not supported";
+      break;
+    default:
+      break;
   }
   return "reason " + hex2(rc) + (text ? std::string(": ") + text : "");
 }
@@ -312,7 +350,8 @@ std::string hex2(int v) {
 
 class MqttPlugin final : public fingate::sdk::Plugin {
  public:
-  MqttPlugin(Host host, const Config& cfg) : Plugin(host), s_(parseSettings(cfg)), pub_listener_(this), sub_listener_(this), unsub_listener_(this) {
+  MqttPlugin(Host host, const Config& cfg)
+      : Plugin(host), s_(parseSettings(cfg)), pub_listener_(this), sub_listener_(this), unsub_listener_(this) {
     std::random_device rd;
     rng_.seed(rd());
   }
@@ -359,9 +398,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     }
     stopping_ = true;
     cv_.notify_all();
-    {
-      std::lock_guard hl(hold_mu_);
-    }
+    { std::lock_guard hl(hold_mu_); }
     hold_cv_.notify_all();
     if (worker_.joinable()) worker_.join();
     // A publish() still inside sendQueued finishes first; later ones see stop_.
@@ -389,8 +426,9 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       hold_bytes_ = 0;
     }
     inbound_lost_ = lost;
-    if (lost) host_.warn("mqtt " + s_.url + ": stopped with " + std::to_string(lost) +
-                         " inbound message(s) the host had not taken yet (they are lost)");
+    if (lost)
+      host_.warn("mqtt " + s_.url + ": stopped with " + std::to_string(lost) +
+                 " inbound message(s) the host had not taken yet (they are lost)");
     logInboundTotals();
     failEverything("stopped");
     host_.onState(FG_STATE_STOPPED, "");
@@ -404,7 +442,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       acked_unknown_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    size_t i = outcome >= FG_OUTCOME_DELIVERED && outcome <= FG_OUTCOME_FILTERED ? static_cast<size_t>(outcome) : kOutcomeKinds;
+    size_t i = outcome >= FG_OUTCOME_DELIVERED && outcome <= FG_OUTCOME_FILTERED ? static_cast<size_t>(outcome)
+                                                                                 : kOutcomeKinds;
     acked_[i].fetch_add(1, std::memory_order_relaxed);
   }
 
@@ -498,8 +537,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   static constexpr fg_status kPending = -1;
   struct Sub {
     uint64_t id;
-    std::string filter;         // the host's filter
-    std::string broker_filter;  // prefix + filter
+    std::string filter;             // the host's filter
+    std::string broker_filter;      // prefix + filter
     fg_status reported = kPending;  // what FG_EVENT_SUBSCRIPTION said last (kPending: nothing yet)
     int failures = 0;               // subscribe attempts that failed without a broker answer
   };
@@ -514,11 +553,11 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   struct Op {
     OpKind kind;
     uint64_t gen;
-    Out out;                       // Publish
-    std::string filter;            // Subscribe / Unsubscribe (broker filter)
-    std::vector<uint64_t> sub_ids; // Subscribe
-    bool restore = false;          // part of the restore after a connect
-    bool conn_failed = false;      // Publish failed, presumably with the connection
+    Out out;                        // Publish
+    std::string filter;             // Subscribe / Unsubscribe (broker filter)
+    std::vector<uint64_t> sub_ids;  // Subscribe
+    bool restore = false;           // part of the restore after a connect
+    bool conn_failed = false;       // Publish failed, presumably with the connection
     Clock::time_point failed_at{};
   };
   struct Held {
@@ -563,7 +602,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     // says nothing about the current connection.
     c->set_connection_lost_handler([this, self](const std::string& cause) {
       CallbackGuard g(this);
-      if (g.ok && client_.load() == self) connectionLost(cause.empty() ? "connection lost" : "connection lost: " + cause);
+      if (g.ok && client_.load() == self)
+        connectionLost(cause.empty() ? "connection lost" : "connection lost: " + cause);
     });
     c->set_disconnected_handler([this, self](const mqtt::properties&, mqtt::ReasonCode rc) {
       CallbackGuard g(this);
@@ -645,8 +685,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         int delay_ms;
         if (r == ConnectResult::AuthFailed) {
           if (!auth_reported) {
-            host_.error("mqtt " + s_.url + ": " + reason + " (client_id '" + s_.client_id +
-                        "'); retrying every ~" + std::to_string(s_.reconnect_max_ms) + " ms");
+            host_.error("mqtt " + s_.url + ": " + reason + " (client_id '" + s_.client_id + "'); retrying every ~" +
+                        std::to_string(s_.reconnect_max_ms) + " ms");
             host_.onState(FG_STATE_FAILED, reason);
             auth_reported = true;
           }
@@ -713,9 +753,15 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   ConnectResult connectOnce(std::string& reason) {
     std::vector<int> versions;
     switch (s_.version) {
-      case VersionMode::V5: versions = {kV5}; break;
-      case VersionMode::V311: versions = {kV311}; break;
-      case VersionMode::Auto: versions = {kV5, kV311}; break;
+      case VersionMode::V5:
+        versions = {kV5};
+        break;
+      case VersionMode::V311:
+        versions = {kV311};
+        break;
+      case VersionMode::Auto:
+        versions = {kV5, kV311};
+        break;
     }
     for (size_t i = 0; i < versions.size(); ++i) {
       int v = versions[i];
@@ -780,7 +826,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         // again when its send thread wakes up by itself, once a second.
         // One less than the broker allows: our completion callback runs before paho frees the
         // slot, and a send that finds the window full waits for that timer.
-        window_ = std::clamp<size_t>(version_ == kV5 ? receive_max - 1 : kMaxWindow - 1, 1, std::min(kMaxWindow - 1, s_.queue_max));
+        window_ = std::clamp<size_t>(version_ == kV5 ? receive_max - 1 : kMaxWindow - 1, 1,
+                                     std::min(kMaxWindow - 1, s_.queue_max));
         connected_ = true;
         lost_ = false;
         lost_reason_.clear();
@@ -805,9 +852,9 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       // connection without a CONNACK; never a broker that is down or slow.
       if (v == kV5 && i + 1 < versions.size() &&
           (version_refused || (!tcp_failed && !connack && !timed_out && !local_error))) {
-        host_.log(fallback_logged_ ? FG_LOG_DEBUG : FG_LOG_INFO,
-                  "mqtt " + s_.url + ": MQTT 5 refused (" + msg + (connack ? ", CONNACK " + hex2(connack) : "") +
-                      "), trying MQTT 3.1.1");
+        host_.log(fallback_logged_ ? FG_LOG_DEBUG : FG_LOG_INFO, "mqtt " + s_.url + ": MQTT 5 refused (" + msg +
+                                                                     (connack ? ", CONNACK " + hex2(connack) : "") +
+                                                                     "), trying MQTT 3.1.1");
         fallback_logged_ = true;
         continue;
       }
@@ -865,7 +912,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     std::vector<SubOp> groups;
     {
       std::lock_guard lk(mu_);
-      subops_.clear();  // everything current is restored below
+      subops_.clear();                           // everything current is restored below
       std::map<std::string_view, size_t> index;  // broker filter -> its group, in first-use order
       for (const auto& s : subs_) {
         auto [it, fresh] = index.emplace(s.broker_filter, groups.size());
@@ -916,8 +963,10 @@ class MqttPlugin final : public fingate::sdk::Plugin {
         subops_.clear();
       }
       for (auto& op : ops) {
-        if (op.subscribe) sendSubscribe(op, false);
-        else sendUnsubscribe(op.broker_filter);
+        if (op.subscribe)
+          sendSubscribe(op, false);
+        else
+          sendUnsubscribe(op.broker_filter);
       }
       std::lock_guard sl(send_mu_);
       sendQueued();
@@ -1053,7 +1102,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   // FG_EVENT_SUBSCRIPTION for those of `ids` still subscribed to broker_filter, when st differs
   // from what was reported for them last (so a restore after a reconnect settles what was
   // pending, and repeats nothing). Called without mu_.
-  void settle(const std::vector<uint64_t>& ids, const std::string& broker_filter, fg_status st, const std::string& detail) {
+  void settle(const std::vector<uint64_t>& ids, const std::string& broker_filter, fg_status st,
+              const std::string& detail) {
     std::vector<uint64_t> report;
     {
       std::lock_guard lk(mu_);
@@ -1073,7 +1123,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
   // it is tried again, and reported refused (FG_ERR_UNAVAILABLE) after kMaxAttempts failures.
   void subscribeFailed(const std::vector<uint64_t>& ids, const std::string& filter, int rc, const std::string& what) {
     if (isDefinitiveLocalError(rc)) {
-      std::string detail = "paho refused the subscription to '" + filter + "' (rc " + std::to_string(rc) + ": " + what + ")";
+      std::string detail =
+          "paho refused the subscription to '" + filter + "' (rc " + std::to_string(rc) + ": " + what + ")";
       host_.error("mqtt " + s_.url + ": " + detail);
       settle(ids, filter, FG_ERR_STATE, detail);
       return;
@@ -1223,7 +1274,9 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       filter = it->second.filter;
       ops_.erase(it);
     }
-    if (!ok) host_.warn("mqtt " + s_.url + ": unsubscribe '" + filter + "' failed (rc " + std::to_string(t.get_return_code()) + ")");
+    if (!ok)
+      host_.warn("mqtt " + s_.url + ": unsubscribe '" + filter + "' failed (rc " + std::to_string(t.get_return_code()) +
+                 ")");
   }
 
   void connectionLost(const std::string& reason) {
@@ -1254,7 +1307,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     std::vector<int> copy_sids;  // MQTT 5: the subscriptions this copy was sent for
     try {
       size_t n = props.count(mqtt::property::SUBSCRIPTION_IDENTIFIER);
-      for (size_t i = 0; i < n; ++i) copy_sids.push_back(mqtt::get<int>(props, mqtt::property::SUBSCRIPTION_IDENTIFIER, i));
+      for (size_t i = 0; i < n; ++i)
+        copy_sids.push_back(mqtt::get<int>(props, mqtt::property::SUBSCRIPTION_IDENTIFIER, i));
     } catch (...) {
     }
     uint64_t sub_id = 0;
@@ -1299,7 +1353,9 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       }
     } catch (...) {
     }
-    int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    int64_t now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
     uint64_t token = next_token_.fetch_add(1, std::memory_order_relaxed);
     std::unique_lock lk(hold_mu_);
     if (hold_.empty()) {
@@ -1334,7 +1390,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     }
     if (hold_.empty()) hold_started_ = Clock::now();
     hold_bytes_ += bytes;
-    hold_.push_back(Held{sub_id, std::string(topic), std::string(payload.data(), payload.size()), std::move(headers), now_ms, token, bytes});
+    hold_.push_back(Held{sub_id, std::string(topic), std::string(payload.data(), payload.size()), std::move(headers),
+                         now_ms, token, bytes});
     ++held_total_;
     lk.unlock();
     hold_cv_.notify_all();
@@ -1353,13 +1410,16 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     std::vector<fg_header> hs;
     hs.reserve(headers.size());
     for (auto& [k, v] : headers) hs.push_back(fg_header{fingate::sdk::str(k), fingate::sdk::str(v)});
-    fg_message msg{fingate::sdk::str(topic), fingate::sdk::str(payload), hs.empty() ? nullptr : hs.data(), hs.size(), ts, 0};
+    fg_message msg{
+        fingate::sdk::str(topic), fingate::sdk::str(payload), hs.empty() ? nullptr : hs.data(), hs.size(), ts, 0};
     bool tracked = false;
     fg_status st = host_.onMessageTracked(sub_id, msg, token, &tracked);
     if (st == FG_OK) {
       // Without tokens (a 1.0 host) the host's FG_OK is the last word: count it as delivered.
-      if (tracked) handed_tracked_.fetch_add(1, std::memory_order_relaxed);
-      else handed_untracked_.fetch_add(1, std::memory_order_relaxed);
+      if (tracked)
+        handed_tracked_.fetch_add(1, std::memory_order_relaxed);
+      else
+        handed_untracked_.fetch_add(1, std::memory_order_relaxed);
     } else if (st != FG_RETRY) {
       host_refused_.fetch_add(1, std::memory_order_relaxed);
     }
@@ -1400,7 +1460,8 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     uint64_t tracked = handed_tracked_.load(), untracked = handed_untracked_.load();
     uint64_t acked = 0;
     for (auto& a : acked_) acked += a.load();
-    std::string line = "mqtt " + s_.url + ": inbound totals: " + std::to_string(tracked + untracked) + " handed to the host";
+    std::string line =
+        "mqtt " + s_.url + ": inbound totals: " + std::to_string(tracked + untracked) + " handed to the host";
     if (untracked) line += " (" + std::to_string(untracked) + " without an outcome token)";
     line += "; outcomes: delivered " + std::to_string(acked_[FG_OUTCOME_DELIVERED].load()) + ", dead_lettered " +
             std::to_string(acked_[FG_OUTCOME_DEAD_LETTERED].load()) + ", refused " +
@@ -1412,8 +1473,7 @@ class MqttPlugin final : public fingate::sdk::Plugin {
     line += "; refused by the host " + std::to_string(host_refused_.load()) + "; held for back-pressure " +
             std::to_string(held_total_) + "; lost to a full hold " + std::to_string(hold_dropped_.load()) +
             "; lost at stop " + std::to_string(inbound_lost_.load());
-    if (paho_busy_.load())
-      line += "; paho answered busy to " + std::to_string(paho_busy_.load()) + " publish(es)";
+    if (paho_busy_.load()) line += "; paho answered busy to " + std::to_string(paho_busy_.load()) + " publish(es)";
     host_.info(line);
   }
 
@@ -1518,7 +1578,9 @@ class MqttPlugin final : public fingate::sdk::Plugin {
       ops_.clear();
       pub_ops_ = 0;
     }
-    if (n) host_.warn("mqtt " + s_.url + ": " + why + " with " + std::to_string(n) + " publish(es) not confirmed by the broker");
+    if (n)
+      host_.warn("mqtt " + s_.url + ": " + why + " with " + std::to_string(n) +
+                 " publish(es) not confirmed by the broker");
     for (uint64_t d : failed) host_.onDelivery(d, FG_DELIVERY_FAILED);
   }
 

@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -50,6 +51,19 @@ inline std::string printable(std::string_view s, size_t max) {
     out += (c < 0x20 || c == 0x7f) ? '?' : static_cast<char>(c);
   }
   if (s.size() > max) out += "...";
+  return out;
+}
+
+// `bytes` random bytes as hex (default client ids, instance ids).
+inline std::string randomHex(size_t bytes) {
+  std::random_device rd;
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < bytes; ++i) {
+    unsigned v = rd() & 0xffu;
+    out.push_back(digits[v >> 4]);
+    out.push_back(digits[v & 15]);
+  }
   return out;
 }
 
