@@ -1616,10 +1616,22 @@ void HttpPlugin::handlePoll(const httplib::Request& req, httplib::Response& res,
              "max_topics_per_connection (" + std::to_string(cfg_.max_topics_per_connection) + ") reached", false, who);
       return;
     }
+    // Counted here, under the same lock as the checks, so concurrent polls cannot all pass them.
+    ++polls_;
+    ++polls_per_client_[key];
   }
+  auto releasePoll = [&] {  // under mu_
+    const std::string key = clientKey(c, session);
+    --polls_;
+    if (--polls_per_client_[key] == 0) polls_per_client_.erase(key);
+  };
   if (subscribe) {
     std::string reason;
     if (host_.authorizeSubscribe(session, topic, &reason) != FG_OK) {
+      {
+        std::lock_guard lk(mu_);
+        releasePoll();
+      }
       refuse(res, 403, kSubscribeRefused, "poll of '" + printable(topic) + "' refused: " + reason, false, who);
       return;
     }
@@ -1632,9 +1644,6 @@ void HttpPlugin::handlePoll(const httplib::Request& req, httplib::Response& res,
       c.topics.insert(topic);
       pullBacklogLocked(c, topic);
     }
-    const std::string key = clientKey(c, session);
-    ++polls_;
-    ++polls_per_client_[key];
     c.polling = true;
     const auto deadline = Clock::now() + std::chrono::seconds(wait_s);
     auto ready = [&] {
@@ -1645,8 +1654,7 @@ void HttpPlugin::handlePoll(const httplib::Request& req, httplib::Response& res,
     }
     c.polling = false;
     kicked = c.kicked;
-    --polls_;
-    if (--polls_per_client_[key] == 0) polls_per_client_.erase(key);
+    releasePoll();
     auto it = c.queues.find(topic);
     if (!c.kicked && it != c.queues.end() && !it->second.empty()) {
       got = std::move(it->second.front());
