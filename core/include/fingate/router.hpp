@@ -195,7 +195,11 @@ class Router {
   // Re-sends the stored register of every bound fin to orchestrator endpoint `orchestrator`
   // (all orchestrator endpoints when empty) and swallows the replies to those replays.
   // Called from that endpoint's lane when it (re)connects, and on the replay interval.
-  void replayRegisters(const std::string& orchestrator);
+  // `only`: the register message ids to replay (those bound when the replay was asked for, see
+  // boundRegisterIds); nullptr = every binding now. A register bound after the request went
+  // out live already and is not sent twice.
+  void replayRegisters(const std::string& orchestrator, const std::set<std::string>* only = nullptr);
+  std::set<std::string> boundRegisterIds() const;
 
   // A client session of `endpoint` closed: its bindings go.
   void sessionClosed(const std::string& endpoint, uint64_t session);

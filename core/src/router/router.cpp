@@ -1185,13 +1185,21 @@ bool Router::takeReplayed(const std::string& message_id) {
   return replayed_.erase(message_id) != 0;
 }
 
-void Router::replayRegisters(const std::string& orchestrator) {
+std::set<std::string> Router::boundRegisterIds() const {
+  std::set<std::string> ids;
+  for (auto& b : registry_.snapshot())
+    if (!b.register_message_id.empty()) ids.insert(b.register_message_id);
+  return ids;
+}
+
+void Router::replayRegisters(const std::string& orchestrator, const std::set<std::string>* only) {
   auto eps = endpoints();
   auto bindings = registry_.snapshot();
   if (bindings.empty()) return;
   size_t n = 0;
   for (auto& b : bindings) {
     if (b.register_payload.empty() || b.register_message_id.empty()) continue;
+    if (only && !only->count(b.register_message_id)) continue;
     for (auto& e : *eps) {
       if (e->role != Role::Orchestrator || (!orchestrator.empty() && e->name != orchestrator)) continue;
       // Acked before: SOARCA's answer is for the gateway only. Never acked (its register may
@@ -1243,7 +1251,7 @@ fg_status Router::authorizeSubscribe(const std::string& endpoint, uint64_t sessi
     // An orchestrator client that listens on `soarca` hears every bound fin's register again
     // (a fin that registered before any orchestrator was there is not lost).
     if (filter == kSoarca && ep->sessions && registry_.size())
-      ep->out->post([this, name = ep->name] { replayRegisters(name); });
+      ep->out->post([this, name = ep->name, ids = boundRegisterIds()] { replayRegisters(name, &ids); });
     return FG_OK;
   }
   if (ep->role != Role::Fins) return FG_OK;

@@ -14,14 +14,22 @@ int64_t steadyNs() {
 int64_t steadyMs() { return steadyNs() / 1000000; }
 const char* stateName(fg_state s) {
   switch (s) {
-    case FG_STATE_STARTING: return "starting";
-    case FG_STATE_UP: return "up";
-    case FG_STATE_DOWN: return "down";
-    case FG_STATE_FAILED: return "failed";
-    case FG_STATE_STOPPED: return "stopped";
-    case FG_STATE_SUBSCRIBED: return "subscribed";
-    case FG_STATE_RECONNECTED: return "reconnected";
-    default: return "unknown";
+    case FG_STATE_STARTING:
+      return "starting";
+    case FG_STATE_UP:
+      return "up";
+    case FG_STATE_DOWN:
+      return "down";
+    case FG_STATE_FAILED:
+      return "failed";
+    case FG_STATE_STOPPED:
+      return "stopped";
+    case FG_STATE_SUBSCRIBED:
+      return "subscribed";
+    case FG_STATE_RECONNECTED:
+      return "reconnected";
+    default:
+      return "unknown";
   }
 }
 // Set on lane threads: only they publish directly (a plugin thread reporting a delivery never
@@ -88,7 +96,9 @@ void Endpoint::start() {
 
 void Endpoint::requestReplay() {
   if (cfg_.role != Role::Orchestrator || stopping_.load()) return;
-  inbound_.pushControl(InItem(Replay{}));
+  // What is bound now: a register bound later (before the lane gets to this) was forwarded
+  // live and must not reach the orchestrator twice.
+  inbound_.pushControl(InItem(Replay{router_.boundRegisterIds()}));
 }
 
 void Endpoint::post(std::function<void()> fn) {
@@ -139,7 +149,8 @@ void Endpoint::stop(uint32_t timeout_ms) {
   while (auto item = inbound_.tryPop()) {
     // Inbound messages not routed: their sources learn it (tracked ones as dead-lettered).
     if (auto* env = std::get_if<Envelope>(&*item))
-      router_.deadLetter(cfg_.name, *env, "endpoint_stopped", "endpoint stopped before routing", FG_OUTCOME_DEAD_LETTERED);
+      router_.deadLetter(cfg_.name, *env, "endpoint_stopped", "endpoint stopped before routing",
+                         FG_OUTCOME_DEAD_LETTERED);
   }
   state_ = FG_STATE_STOPPED;
   stopped_ = true;
@@ -167,8 +178,8 @@ void Endpoint::laneLoop() {
       router_.sessionClosed(cfg_.name, sc->session);
     } else if (auto* t = std::get_if<Task>(&*item)) {
       t->fn();
-    } else {
-      router_.replayRegisters(cfg_.name);
+    } else if (auto* r = std::get_if<Replay>(&*item)) {
+      router_.replayRegisters(cfg_.name, &r->register_ids);
     }
     inbound_.done();
   }
@@ -293,7 +304,8 @@ void Endpoint::sendSession(OutMessage&& m) {
     it = sessions_.emplace(m.session, SessionQueue{}).first;
   }
   SessionQueue& s = it->second;
-  if (s.q.size() >= opts_.limits.session_queue_messages || s.bytes + m.payload.size() > opts_.limits.session_queue_bytes) {
+  if (s.q.size() >= opts_.limits.session_queue_messages ||
+      s.bytes + m.payload.size() > opts_.limits.session_queue_bytes) {
     if (!s.full_since_ms) s.full_since_ms = steadyMs();
     router_.limitHit("session_queue");
     uint64_t session = m.session;
@@ -351,7 +363,8 @@ void Endpoint::serviceSessions() {
   for (auto& [session, q] : to_close) {
     stats_.slow_consumers.fetch_add(1, std::memory_order_relaxed);
     std::string why = "slow consumer: queue full for " + std::to_string(opts_.limits.slow_consumer_grace_ms) + " ms";
-    spdlog::warn("endpoint {}: closing session {}: {} ({} message(s) dead-lettered)", cfg_.name, session, why, q.size());
+    spdlog::warn("endpoint {}: closing session {}: {} ({} message(s) dead-lettered)", cfg_.name, session, why,
+                 q.size());
     instance_->closeSession(session, why.c_str());
     for (auto& m : q) failed(std::move(m), "slow_consumer", "session " + std::to_string(session) + " closed: " + why);
   }
@@ -437,7 +450,8 @@ void Endpoint::onEvent(const fg_event& ev) {
       dispatch_cv_.notify_one();
       break;
     }
-    default: break;
+    default:
+      break;
   }
 }
 

@@ -14,14 +14,13 @@
 // (on_delivery OK, or publish OK on plugins without FG_CAP_DELIVERY), or dead-lettered.
 #pragma once
 
-#include <fingate/config.hpp>
-#include <fingate/plugin_loader.hpp>
-#include <fingate/router.hpp>
-
 #include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <fingate/config.hpp>
+#include <fingate/plugin_loader.hpp>
+#include <fingate/router.hpp>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -108,8 +107,7 @@ class Endpoint final : public PluginHost,
                        public OutcomeSink,
                        public std::enable_shared_from_this<Endpoint> {
  public:
-  Endpoint(const EndpointConfig& cfg, std::shared_ptr<PluginLibrary> lib, Router& router,
-           const EndpointOptions& opts);
+  Endpoint(const EndpointConfig& cfg, std::shared_ptr<PluginLibrary> lib, Router& router, const EndpointOptions& opts);
   ~Endpoint() override;
 
   const std::string& name() const { return cfg_.name; }
@@ -162,7 +160,9 @@ class Endpoint final : public PluginHost,
   struct SessionClosed {
     uint64_t session;
   };
-  struct Replay {};
+  struct Replay {
+    std::set<std::string> register_ids;  // bound when the replay was asked for
+  };
   struct Task {
     std::function<void()> fn;
   };

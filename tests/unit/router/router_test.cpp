@@ -1,10 +1,10 @@
 // Router units: real Router + Registry + codec, endpoints are in-memory outputs that record
 // what the router hands them (the router's collaborator here is an interface, not a transport).
-#include <fingate/fin_codec.hpp>
-#include <fingate/router.hpp>
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fingate/fin_codec.hpp>
+#include <fingate/router.hpp>
 #include <mutex>
 
 #include "recording_output.hpp"
@@ -194,7 +194,8 @@ TEST_F(RouterTest, RegistersOfFinsLivingOnTheOrchestratorSideStayThere) {
 
 TEST_F(RouterTest, UnregisterAllAsGoString) {
   registerA(7);
-  router->route("orch", env("soarca", R"({"type":"unregister","message_id":"m1","capability_id":"","fin_id":"","all":"true"})"));
+  router->route(
+      "orch", env("soarca", R"({"type":"unregister","message_id":"m1","capability_id":"","fin_id":"","all":"true"})"));
   EXPECT_EQ(registry.size(), 0u);
 }
 
@@ -466,10 +467,10 @@ TEST(RegistryState, RestoredBindingsAreValidatedLikeLiveRegisters) {
   auto fin = [](const std::string& id, const std::string& ep, const std::string& cap) {
     return "{\"fin_id\":\"" + id + "\",\"endpoint\":\"" + ep + "\",\"capabilities\":[\"" + cap + "\"]}";
   };
-  fingate::test::writeFile(dir + "/bindings.json",
-                           "{\"version\":1,\"fins\":[" + fin("#", "fins", "c1") + "," + fin("f2", "nope", "c2") + "," +
-                               fin("f3", "fins", "+") + "," + fin("f4", "fins", "$SYS/x") + "," +
-                               fin("soarca", "fins", "c5") + "," + fin("good", "fins", "c6") + "]}");
+  fingate::test::writeFile(dir + "/bindings.json", "{\"version\":1,\"fins\":[" + fin("#", "fins", "c1") + "," +
+                                                       fin("f2", "nope", "c2") + "," + fin("f3", "fins", "+") + "," +
+                                                       fin("f4", "fins", "$SYS/x") + "," + fin("soarca", "fins", "c5") +
+                                                       "," + fin("good", "fins", "c6") + "]}");
   Registry r;
   r.setStateFile(dir + "/bindings.json");
   r.load([](const std::string& ep) { return ep == "fins"; });
@@ -523,3 +524,36 @@ TEST(TopicTemplate, Expands) {
 }
 
 }  // namespace
+
+// A replay sends what was bound when it was asked for: a register bound while the request waited
+// on the lane went out live already and must not reach the orchestrator a second time (the
+// fresh-clone CI caught an orchestrator client getting a register twice that way).
+TEST(RouterReplay, OnlyWhatWasBoundWhenAskedFor) {
+  Registry registry;
+  Router router(registry, 100);
+  fingate::test::RecordingOutput orch, fins;
+  orch.defer_posts = true;  // the orchestrator's lane runs the replay later
+  router.setEndpoints({fingate::test::routerEndpoint("orch", Role::Orchestrator, orch, true),
+                       fingate::test::routerEndpoint("fins", Role::Fins, fins, true)});
+  router.subscribeBase();
+  // Fin A registers, then an orchestrator client subscribes `soarca`: a replay of A is queued.
+  router.route("fins", env("soarca", kRegister, 7));
+  ASSERT_EQ(orch.take().size(), 1u);  // A's register, live
+  std::string reason;
+  ASSERT_EQ(router.authorizeSubscribe("orch", 1, "soarca", reason), FG_OK);
+  // Fin B registers before the lane runs the replay: forwarded live once.
+  std::string reg_b = kRegister;
+  for (auto [from, to] : {std::pair<std::string, std::string>{kFin, "soarca-fin--other-1"},
+                          {kCap, "mod-other--1"},
+                          {kRegisterId, "bbbb7356-e6f0-11f1-acf4-02fc00000001"}})
+    for (size_t at; (at = reg_b.find(from)) != std::string::npos;) reg_b.replace(at, from.size(), to);
+  router.route("fins", env("soarca", reg_b, 8));
+  auto live = orch.take();
+  ASSERT_EQ(live.size(), 1u);
+  EXPECT_EQ(live[0].payload, reg_b);
+  orch.runPosted();
+  auto replayed = orch.take();
+  ASSERT_EQ(replayed.size(), 1u) << "B's register was sent twice";
+  EXPECT_EQ(replayed[0].payload, kRegister);
+  EXPECT_EQ(router.counters().registers_replayed.load(), 1u);
+}
