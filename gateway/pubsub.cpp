@@ -839,8 +839,10 @@ class Printer {
       }
       ++printed_;
       if (a_.count && printed_ >= a_.count) closing_ = true;
+      // Queued under the same lock as the count: whoever sees the count (the main thread
+      // finishing at -C) finds the ack queued, and the acker drains it before the plugin stops.
+      if (token) acker_->push(token, FG_OUTCOME_DELIVERED);
     }
-    if (token) acker_->push(token, FG_OUTCOME_DELIVERED);
     notify();
     return FG_OK;
   }
