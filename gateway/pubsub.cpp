@@ -92,27 +92,6 @@ std::string secondsText(double s) {
   return o.str();
 }
 
-const char* stateName(fg_state s) {
-  switch (s) {
-    case FG_STATE_STARTING:
-      return "starting";
-    case FG_STATE_UP:
-      return "up";
-    case FG_STATE_DOWN:
-      return "down";
-    case FG_STATE_FAILED:
-      return "failed";
-    case FG_STATE_STOPPED:
-      return "stopped";
-    case FG_STATE_SUBSCRIBED:
-      return "subscribed";
-    case FG_STATE_RECONNECTED:
-      return "reconnected";
-    default:
-      return "unknown";
-  }
-}
-
 const char* levelName(fg_log_level l) {
   switch (l) {
     case FG_LOG_TRACE:

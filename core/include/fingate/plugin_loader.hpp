@@ -95,5 +95,6 @@ class PluginInstance {
 };
 
 const char* statusName(fg_status s);
+const char* stateName(fg_state s);  // "up", "down", ...
 
 }  // namespace fingate

@@ -77,6 +77,27 @@ fg_status cAuthorize(void* ctx, uint64_t session, fg_str filter, char* reason, s
 }
 }  // namespace
 
+const char* stateName(fg_state s) {
+  switch (s) {
+    case FG_STATE_STARTING:
+      return "starting";
+    case FG_STATE_UP:
+      return "up";
+    case FG_STATE_DOWN:
+      return "down";
+    case FG_STATE_FAILED:
+      return "failed";
+    case FG_STATE_STOPPED:
+      return "stopped";
+    case FG_STATE_SUBSCRIBED:
+      return "subscribed";
+    case FG_STATE_RECONNECTED:
+      return "reconnected";
+    default:
+      return "unknown";
+  }
+}
+
 const char* statusName(fg_status s) {
   switch (s) {
     case FG_OK: return "OK";

@@ -12,26 +12,6 @@ int64_t steadyNs() {
       .count();
 }
 int64_t steadyMs() { return steadyNs() / 1000000; }
-const char* stateName(fg_state s) {
-  switch (s) {
-    case FG_STATE_STARTING:
-      return "starting";
-    case FG_STATE_UP:
-      return "up";
-    case FG_STATE_DOWN:
-      return "down";
-    case FG_STATE_FAILED:
-      return "failed";
-    case FG_STATE_STOPPED:
-      return "stopped";
-    case FG_STATE_SUBSCRIBED:
-      return "subscribed";
-    case FG_STATE_RECONNECTED:
-      return "reconnected";
-    default:
-      return "unknown";
-  }
-}
 // Set on lane threads: only they publish directly (a plugin thread reporting a delivery never
 // calls back into a plugin's publish; what it sends goes through the queues).
 thread_local bool t_on_lane = false;
