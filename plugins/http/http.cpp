@@ -412,11 +412,7 @@ const char* const kReasonNames[kReasonCount] = {"unauthorized",       "body_too_
 // ---- queued messages ---------------------------------------------------------------------
 
 // The outcome of one publish that went to several connections.
-struct Tracker {
-  uint64_t delivery_id = 0;
-  size_t remaining = 0;  // copies not settled yet
-  size_t handed = 0;     // copies written to a poller
-};
+using Tracker = sdk::FanOutDelivery;  // handed = written to a poller
 
 struct Item {
   std::string topic;
@@ -1091,10 +1087,8 @@ void HttpPlugin::settleLocked(Item& item, bool handed, fg_delivery fail_status,
                               std::vector<std::pair<uint64_t, fg_delivery>>& reports) {
   releaseSessionBytesLocked(item);
   if (!item.tracker) return;
-  Tracker& t = *item.tracker;
-  if (handed) ++t.handed;
-  if (t.remaining > 0 && --t.remaining == 0)
-    reports.emplace_back(t.delivery_id, t.handed ? FG_DELIVERY_OK : fail_status);
+  fg_delivery st;
+  if (item.tracker->settle(handed, fail_status, st)) reports.emplace_back(item.tracker->delivery_id, st);
   item.tracker.reset();
 }
 

@@ -259,11 +259,7 @@ Settings parseSettings(const sdk::Config& cfg) {
 // ---- connection pieces -------------------------------------------------------------------
 
 // Outcome of a broadcast to more than one connection (io thread only).
-struct Tracker {
-  uint64_t delivery_id = 0;
-  size_t remaining = 0;  // targets that have not written or failed yet
-  size_t written = 0;    // targets whose socket took the bytes
-};
+using Tracker = sdk::FanOutDelivery;  // a broadcast: handed = written to the socket
 
 struct OutFrame {
   FrameBytes bytes;
@@ -1218,9 +1214,8 @@ void TcpPlugin::limitHit(Conn& c, std::string_view error, const std::string& det
 void TcpPlugin::settle(OutFrame& f, bool written) {
   if (f.tracker) {
     auto t = std::move(f.tracker);
-    if (t->remaining == 0) return;
-    if (written) ++t->written;
-    if (--t->remaining == 0) host_.onDelivery(t->delivery_id, t->written ? FG_DELIVERY_OK : FG_DELIVERY_FAILED);
+    fg_delivery st;
+    if (t->settle(written, FG_DELIVERY_FAILED, st)) host_.onDelivery(t->delivery_id, st);
   } else if (f.delivery_id) {
     host_.onDelivery(f.delivery_id, written ? FG_DELIVERY_OK : FG_DELIVERY_FAILED);
     f.delivery_id = 0;

@@ -210,11 +210,7 @@ Settings parseSettings(const sdk::Config& cfg) {
 // ---- I/O pieces --------------------------------------------------------------------------
 
 // Outcome of a broadcast to several peers (io thread only).
-struct Tracker {
-  uint64_t delivery_id = 0;
-  size_t remaining = 0;
-  size_t sent = 0;
-};
+using Tracker = sdk::FanOutDelivery;  // a broadcast: handed = sent to libzmq
 
 struct Out {
   Verb verb = kMsg;
@@ -849,9 +845,8 @@ bool ZmqPlugin::flushPeer(Peer& p) {
 void ZmqPlugin::settle(Out& o, bool sent) {
   if (o.tracker) {
     auto t = std::move(o.tracker);
-    if (t->remaining == 0) return;
-    if (sent) ++t->sent;
-    if (--t->remaining == 0) host_.onDelivery(t->delivery_id, t->sent ? FG_DELIVERY_OK : FG_DELIVERY_FAILED);
+    fg_delivery st;
+    if (t->settle(sent, FG_DELIVERY_FAILED, st)) host_.onDelivery(t->delivery_id, st);
   } else if (o.delivery_id) {
     host_.onDelivery(o.delivery_id, sent ? FG_DELIVERY_OK : FG_DELIVERY_FAILED);
     o.delivery_id = 0;

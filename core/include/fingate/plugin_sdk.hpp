@@ -54,6 +54,23 @@ inline std::string printable(std::string_view s, size_t max) {
   return out;
 }
 
+// The delivery of one publish that went to several clients (a broadcast on a session
+// transport): every copy settles once, and the last one decides the report: OK when any copy was
+// handed over, else `fail`. Not thread-safe: settle under the plugin's own lock or thread.
+struct FanOutDelivery {
+  uint64_t delivery_id = 0;
+  size_t remaining = 0;  // copies not settled yet
+  size_t handed = 0;     // copies handed over (written, sent, polled)
+  // One copy settled; true when it was the last, with the status to report in `status`.
+  bool settle(bool handed_over, fg_delivery fail, fg_delivery& status) {
+    if (remaining == 0) return false;
+    if (handed_over) ++handed;
+    if (--remaining) return false;
+    status = handed ? FG_DELIVERY_OK : fail;
+    return true;
+  }
+};
+
 // `bytes` random bytes as hex (default client ids, instance ids).
 inline std::string randomHex(size_t bytes) {
   std::random_device rd;
