@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -22,8 +23,8 @@
 #include <charconv>
 #include <chrono>
 #include <cinttypes>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -32,6 +33,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -42,6 +44,9 @@ namespace fingate::bench {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+
+// Set by SIGINT/SIGTERM (harnessMain): every loop of a harness gives up.
+inline std::atomic<bool> g_interrupted{false};
 
 inline int64_t nowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -455,6 +460,104 @@ class Gateway {
   int admin_port_ = 0;
 };
 
+// ---- the TCP transport's frames (docs/transports.md), for the harnesses' clients ----------------
+
+enum Kind : uint8_t { kPublish = 1, kSubscribe = 2, kPing = 4, kPong = 5, kError = 6 };
+
+inline std::string frame(uint8_t kind, const std::string& topic, const std::string& payload) {
+  uint32_t rest = static_cast<uint32_t>(3 + topic.size() + payload.size());
+  std::string f;
+  f.reserve(4 + rest);
+  for (int s = 24; s >= 0; s -= 8) f.push_back(static_cast<char>(rest >> s));
+  f.push_back(static_cast<char>(kind));
+  f.push_back(static_cast<char>(topic.size() >> 8));
+  f.push_back(static_cast<char>(topic.size()));
+  return f + topic + payload;
+}
+
+inline int connectTo(int port) {
+  int fd = connectLoopback(port);
+  if (fd < 0) return -1;
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  timeval tv{1, 0};  // a blocked write gives up after 1 s (the caller retries until its deadline)
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+// Writes everything or gives up at the deadline / on an error.
+inline bool writeAll(int fd, const char* p, size_t n, Clock::time_point deadline) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w > 0) {
+      p += w;
+      n -= static_cast<size_t>(w);
+      continue;
+    }
+    if (w < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) && Clock::now() < deadline &&
+        !g_interrupted)
+      continue;
+    return false;
+  }
+  return true;
+}
+
+// A thread that reads frames from a socket and hands each to `on_frame(kind, topic, payload)`
+// (called with the reader's lock held; lock() gives the same lock to other threads).
+class FrameReader {
+ public:
+  using Handler = std::function<void(uint8_t, std::string_view, std::string_view)>;
+  FrameReader(int fd, Handler h) : fd_(fd), on_frame_(std::move(h)), th_([this] { loop(); }) {}
+  ~FrameReader() {
+    stop_ = true;
+    th_.join();
+  }
+  std::unique_lock<std::mutex> lock() { return std::unique_lock(mu_); }
+  bool closed() const { return closed_; }
+
+ private:
+  void loop() {
+    std::vector<char> buf(512 * 1024);
+    size_t len = 0;
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      if (buf.size() - len < 64 * 1024) buf.resize(buf.size() * 2);
+      ssize_t r = ::recv(fd_, buf.data() + len, buf.size() - len, 0);
+      if (r <= 0) {
+        if (r < 0 && errno == EINTR) continue;
+        closed_ = true;
+        return;
+      }
+      len += static_cast<size_t>(r);
+      size_t pos = 0;
+      std::lock_guard lk(mu_);
+      while (len - pos >= 4) {
+        const auto* u = reinterpret_cast<const unsigned char*>(buf.data() + pos);
+        uint32_t rest = (uint32_t(u[0]) << 24) | (uint32_t(u[1]) << 16) | (uint32_t(u[2]) << 8) | uint32_t(u[3]);
+        if (len - pos < 4 + size_t(rest)) break;
+        uint16_t tl = static_cast<uint16_t>((u[5] << 8) | u[6]);
+        if (rest < 3 || size_t(tl) + 3 > rest) {
+          closed_ = true;  // not a frame stream
+          return;
+        }
+        std::string_view topic(buf.data() + pos + 7, tl);
+        std::string_view payload(buf.data() + pos + 7 + tl, rest - 3 - tl);
+        on_frame_(u[4], topic, payload);
+        pos += 4 + rest;
+      }
+      std::memmove(buf.data(), buf.data() + pos, len - pos);
+      len -= pos;
+    }
+  }
+
+  int fd_;
+  Handler on_frame_;
+  std::mutex mu_;
+  std::atomic<bool> stop_{false}, closed_{false};
+  std::thread th_;  // last: started after everything it uses
+};
+
 // ---- the command every harness sends ---------------------------------------------------------
 
 // 01-a-register.json, and 03-a-command-auth.json split around its message_id and its empty
@@ -520,7 +623,6 @@ inline std::string makeCommand(size_t payload_bytes) {
 
 // The end of a harness's main(): the vectors, the payload size check, signals, the run itself,
 // the clean-up of its temporary directory. Returns the process exit code.
-inline std::atomic<bool> g_interrupted{false};
 inline int harnessMain(const char* name, const std::string& vectors, size_t payload, bool keep_logs,
                        const std::function<int()>& run) {
   try {

@@ -35,19 +35,6 @@ namespace {
 const std::string kToken = "bench-token-0123456789abcdef";
 const std::string kCap = "mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d";
 
-std::string frame(uint8_t kind, const std::string& topic, const std::string& payload) {
-  std::string f;
-  const uint32_t rest = static_cast<uint32_t>(3 + topic.size() + payload.size());
-  f.push_back(char(rest >> 24));
-  f.push_back(char(rest >> 16));
-  f.push_back(char(rest >> 8));
-  f.push_back(char(rest));
-  f.push_back(char(kind));
-  f.push_back(char(topic.size() >> 8));
-  f.push_back(char(topic.size()));
-  return f + topic + payload;
-}
-
 // Counts publish frames (kind 1) arriving on fd; stops when `stop` is set.
 struct Reader {
   int fd;
