@@ -1,9 +1,8 @@
 #include "test_support.hpp"
 
-#include <gtest/gtest.h>
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -15,8 +14,8 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -24,6 +23,19 @@
 #include <thread>
 
 namespace fingate::test {
+
+int connectLoopback(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
 
 int freePort() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -188,15 +200,8 @@ HttpResponse httpRequest(int port, const std::string& method, const std::string&
 HttpResponse httpExchange(int port, const std::string& method, const std::string& path,
                           const std::vector<std::string>& headers, bool http10, std::chrono::milliseconds timeout) {
   HttpResponse r;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return r;
-  }
+  int fd = connectLoopback(port);
+  if (fd < 0) return r;
   std::string req = method + " " + path + (http10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");
   for (auto& h : headers) req += h + "\r\n";
   req += "Connection: close\r\n\r\n";
@@ -352,9 +357,12 @@ bool FrameClient::barrier(std::chrono::milliseconds timeout) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     std::optional<Frame> f;
-    if (auto p = popFrame()) f = p;
-    else if (readSome(left)) continue;
-    else if (peer_closed_) f = popFrame();
+    if (auto p = popFrame())
+      f = p;
+    else if (readSome(left))
+      continue;
+    else if (peer_closed_)
+      f = popFrame();
     if (!f) {
       if (peer_closed_) break;
       continue;
@@ -393,8 +401,12 @@ fg_status RecordingHost::onMessage(uint64_t sub_id, const fg_message& msg, uint6
     retry_budget--;
     return FG_RETRY;
   }
-  Msg m{sub_id, std::string(msg.topic.data, msg.topic.len), std::string(msg.payload.data, msg.payload.len),
-        msg.session, {}, token};
+  Msg m{sub_id,
+        std::string(msg.topic.data, msg.topic.len),
+        std::string(msg.payload.data, msg.payload.len),
+        msg.session,
+        {},
+        token};
   for (size_t i = 0; i < msg.header_count; ++i)
     m.headers.emplace_back(std::string(msg.headers[i].key.data, msg.headers[i].key.len),
                            std::string(msg.headers[i].value.data, msg.headers[i].value.len));

@@ -1,13 +1,12 @@
 // Shared test support: real sockets, real child processes, no mocks of real components.
 #pragma once
 
-#include <fingate/plugin_loader.hpp>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <fingate/plugin_loader.hpp>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -28,6 +27,8 @@ std::string readFile(const std::string& path);
 void writeFile(const std::string& path, const std::string& text);
 // A fresh empty directory under the test build dir.
 std::string tempDir(const std::string& name);
+// A TCP connection to 127.0.0.1:port (blocking socket), or -1.
+int connectLoopback(int port);
 
 // Polls cond every 10 ms until it is true or timeout passes. Returns the last value.
 bool waitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout = 10s);
@@ -60,7 +61,7 @@ class Process {
 
 // A plain HTTP/1.1 GET to 127.0.0.1:port (Connection: close). status 0 = no answer.
 struct HttpResponse {
-  int status = 0;  // 0 = no answer (refused / closed)
+  int status = 0;    // 0 = no answer (refused / closed)
   std::string head;  // status line and headers
   std::string body;
 };

@@ -80,15 +80,8 @@ std::unique_ptr<httplib::Client> client(int port, const std::string& token = kTo
 // everything up to and including the blank line after the headers, plus any body.
 HttpResponse raw(int port, const std::string& request, std::chrono::milliseconds timeout = 10s) {
   HttpResponse r;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return r;
-  }
+  int fd = connectLoopback(port);
+  if (fd < 0) return r;
   size_t off = 0;
   const auto end = std::chrono::steady_clock::now() + timeout;
   std::string resp;
@@ -683,19 +676,6 @@ TEST(HttpTls, ServerCertificateAndClientCertificates) {
 
 // ---- many long polls ---------------------------------------------------------------------
 
-int connectTo(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 TEST(HttpPolls, FiveHundredLongPollsThenTheLimitRefusesWith429) {
   constexpr int kPolls = 500;
   auto n = startNode({{"publish_wait_ms", "0"},
@@ -705,7 +685,7 @@ TEST(HttpPolls, FiveHundredLongPollsThenTheLimitRefusesWith429) {
                       {"max_connections_per_client", "600"}});
   std::vector<int> fds;
   for (int i = 0; i < kPolls; ++i) {
-    int fd = connectTo(n->port);
+    int fd = connectLoopback(n->port);
     ASSERT_GE(fd, 0);
     const std::string req =
         "GET /v1/poll/fin-" + std::to_string(i) + "?wait=60 HTTP/1.1\r\nHost: x\r\n" + auth() + "\r\n";

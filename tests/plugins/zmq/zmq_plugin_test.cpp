@@ -309,12 +309,8 @@ TEST(ZmqPlugin, RawGarbageOnThePortDoesNotHurt) {
   const int port = std::stoi(n->endpoint.substr(n->endpoint.rfind(':') + 1));
   for (const std::string& junk : {std::string("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), std::string(4096, '\xff'),
                                   std::string("\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03\x00NOPE", 16)}) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(uint16_t(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    int fd = connectLoopback(port);
+    ASSERT_GE(fd, 0);
     ASSERT_EQ(::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL), ssize_t(junk.size()));
     char buf[256];
     // libzmq answers with its greeting or closes; either way the exchange below must work.
