@@ -1318,3 +1318,93 @@ bool repairCommandForPythonFin(std::string_view payload, std::string& out, Repai
 }
 
 }  // namespace fingate::fin
+
+// ---- a JSON tree for the tools (fingate/json.hpp) -----------------------------------------
+
+#include <fingate/json.hpp>
+
+namespace fingate {
+
+const Json* Json::get(std::string_view key) const {
+  if (type != Type::Object) return nullptr;
+  for (auto& [k, v] : object)
+    if (k == key) return &v;
+  return nullptr;
+}
+std::string Json::str(std::string_view key, std::string def) const {
+  auto v = get(key);
+  return v && v->type == Type::String ? v->string : def;
+}
+double Json::num(std::string_view key, double def) const {
+  auto v = get(key);
+  return v && v->type == Type::Number ? v->number : def;
+}
+bool Json::flag(std::string_view key, bool def) const {
+  auto v = get(key);
+  return v && v->type == Type::Bool ? v->boolean : def;
+}
+
+namespace {
+namespace dom = simdjson::dom;
+bool toTree(dom::element e, Json& out, int depth, std::string& error) {
+  if (depth > 64) {
+    error = "nested deeper than 64 levels";
+    return false;
+  }
+  switch (e.type()) {
+    case dom::element_type::ARRAY:
+      out.type = Json::Type::Array;
+      for (dom::element c : dom::array(e)) {
+        out.array.emplace_back();
+        if (!toTree(c, out.array.back(), depth + 1, error)) return false;
+      }
+      return true;
+    case dom::element_type::OBJECT:
+      out.type = Json::Type::Object;
+      for (dom::key_value_pair kv : dom::object(e)) {
+        out.object.emplace_back(std::string(kv.key), Json{});
+        if (!toTree(kv.value, out.object.back().second, depth + 1, error)) return false;
+      }
+      return true;
+    case dom::element_type::STRING:
+      out.type = Json::Type::String;
+      out.string = std::string(std::string_view(e));
+      return true;
+    case dom::element_type::INT64:
+      out.type = Json::Type::Number;
+      out.number = static_cast<double>(int64_t(e));
+      return true;
+    case dom::element_type::UINT64:
+      out.type = Json::Type::Number;
+      out.number = static_cast<double>(uint64_t(e));
+      return true;
+    case dom::element_type::DOUBLE:
+      out.type = Json::Type::Number;
+      out.number = double(e);
+      return true;
+    case dom::element_type::BOOL:
+      out.type = Json::Type::Bool;
+      out.boolean = bool(e);
+      return true;
+    case dom::element_type::NULL_VALUE:
+      out.type = Json::Type::Null;
+      return true;
+  }
+  return true;
+}
+}  // namespace
+
+std::optional<Json> parseJson(std::string_view text, std::string& error) {
+  dom::parser parser;
+  dom::element root;
+  auto err = parser.parse(text.data(), text.size()).get(root);
+  if (err) {
+    error = simdjson::error_message(err);
+    return std::nullopt;
+  }
+  Json out;
+  if (!toTree(root, out, 0, error)) return std::nullopt;
+  return out;
+}
+
+}  // namespace fingate

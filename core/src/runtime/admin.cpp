@@ -406,3 +406,42 @@ void AdminReload::commit(std::unique_ptr<AdminServer>& admin) {
 }
 
 }  // namespace fingate
+
+// ---- the admin API's client (fingate/admin_client.hpp) --------------------------------------
+
+#include <fingate/admin_client.hpp>
+
+namespace fingate {
+
+AdminResponse adminRequest(const std::string& host, int port, const std::string& method, const std::string& path,
+                           const std::string& token, const std::string& body, int timeout_ms) {
+  AdminResponse out;
+  httplib::Client cli(host.find(':') != std::string::npos ? "[" + host + "]" : host, port);
+  const time_t sec = timeout_ms / 1000;
+  const time_t usec = static_cast<time_t>(timeout_ms % 1000) * 1000;
+  cli.set_connection_timeout(sec, usec);
+  cli.set_read_timeout(sec, usec);
+  cli.set_write_timeout(sec, usec);
+  httplib::Headers headers;
+  if (!token.empty()) headers.emplace("Authorization", "Bearer " + token);
+  if (method != "GET" && method != "POST" && method != "DELETE") {
+    out.error = "unsupported method " + method;
+    return out;
+  }
+  httplib::Result res = method == "GET"    ? cli.Get(path, headers)
+                        : method == "POST" ? cli.Post(path, headers, body, "application/json")
+                                           : cli.Delete(path, headers);
+  if (!res) {
+    auto e = res.error();
+    out.error = e == httplib::Error::Connection     ? "connection refused (is the gateway running with this admin address?)"
+                : e == httplib::Error::Read         ? "no answer (read failed or timed out)"
+                : e == httplib::Error::ConnectionTimeout ? "connection timed out"
+                                                         : httplib::to_string(e);
+    return out;
+  }
+  out.status = res->status;
+  out.body = res->body;
+  return out;
+}
+
+}  // namespace fingate
