@@ -352,6 +352,7 @@ class Router {
   std::shared_ptr<const std::vector<RouteRule>> routes_;
   std::string registry_endpoint_;
   MigrationPair migration_;
+  std::atomic<bool> migration_on_{false};
 
   enum class SubState { Pending, Confirmed, Refused };
   struct Sub {

@@ -212,6 +212,7 @@ size_t Router::setMigration(const MigrationPair& m) {
   {
     std::lock_guard lk(config_mu_);
     migration_ = m;
+    migration_on_.store(m.configured(), std::memory_order_release);
   }
   if (!m.configured()) {
     registry_.redirect("", "");
@@ -221,6 +222,7 @@ size_t Router::setMigration(const MigrationPair& m) {
 }
 
 MigrationPair Router::migration() const {
+  if (!migration_on_.load(std::memory_order_acquire)) return {};  // the common case: no lock, no copy
   std::lock_guard lk(config_mu_);
   return migration_;
 }
@@ -647,6 +649,7 @@ void Router::sendNack(const std::string& endpoint, const std::string& topic, uin
   o.payload = fin::makeNack(message_id);
   o.session = ep->sessions ? session : 0;
   counters_.nacks_sent++;
+  mirror(*eps, migration(), endpoint, o);  // the other side of a migration sees the same answer
   send(*ep, std::move(o));
 }
 
