@@ -176,6 +176,11 @@ void AdminServer::start() {
 
   // Host check (all paths), then the token (all but /healthz and /readyz).
   s.set_pre_routing_handler([this, listen_host](const httplib::Request& req, httplib::Response& res) {
+    // `curl -X POST URL` sends no Content-Length: cpp-httplib would answer a bare 400 before any
+    // handler runs. A bodiless POST/DELETE is an empty body.
+    if ((req.method == "POST" || req.method == "DELETE") && !req.has_header("Content-Length") &&
+        !req.has_header("Transfer-Encoding"))
+      const_cast<httplib::Request&>(req).headers.emplace("Content-Length", "0");  // the server owns req
     AdminConfig access = config();
     if (req.has_header("Host")) {
       std::string value = lowerCase(req.get_header_value("Host"));
