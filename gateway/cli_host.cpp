@@ -396,7 +396,8 @@ void checkEndpointArgs(const EndpointArgs& a) {
 void subscribeAll(PluginInstance& inst, const std::vector<std::string>& filters) {
   for (size_t i = 0; i < filters.size(); ++i) {
     const fg_status st = inst.subscribe(filters[i], i + 1);
-    if (st == FG_ERR_INVALID_ARG) fail(kExitUsage, "-t '" + filters[i] + "': refused by the plugin as an invalid filter");
+    if (st == FG_ERR_INVALID_ARG)
+      fail(kExitUsage, "-t '" + filters[i] + "': refused by the plugin as an invalid filter");
     if (st != FG_OK) fail(kExitFailure, "cannot subscribe to '" + filters[i] + "': " + statusName(st));
   }
 }
@@ -404,7 +405,8 @@ void subscribeAll(PluginInstance& inst, const std::vector<std::string>& filters)
 std::optional<std::string> subscriptionRefusal(const CliHost& host, const std::vector<std::string>& filters) {
   for (auto& [id, s] : host.settled)
     if (s.status != FG_OK && id >= 1 && id <= filters.size())
-      return "subscription to '" + filters[id - 1] + "' refused: " + (s.detail.empty() ? statusName(s.status) : s.detail);
+      return "subscription to '" + filters[id - 1] +
+             "' refused: " + (s.detail.empty() ? statusName(s.status) : s.detail);
   return std::nullopt;
 }
 
@@ -425,7 +427,8 @@ bool waitSubscribed(CliHost& host, const PluginInstance& inst, const EndpointArg
     std::vector<std::string> missing;
     for (size_t i = 1; i <= filters.size(); ++i)
       if (!host.settled.count(i)) missing.push_back("'" + filters[i - 1] + "'");
-    fail(kExitFailure, "no subscription confirmation within " + secondsText(a.connect_timeout_s) + " for " + join(missing));
+    fail(kExitFailure,
+         "no subscription confirmation within " + secondsText(a.connect_timeout_s) + " for " + join(missing));
   }
   return true;
 }

@@ -10,15 +10,14 @@
 // Signals: SIGINT/SIGTERM are taken synchronously by one thread; a second one exits at once (130).
 #pragma once
 
-#include <fingate/config.hpp>
-#include <fingate/plugin_loader.hpp>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
 #include <cstdint>
 #include <deque>
+#include <fingate/config.hpp>
+#include <fingate/plugin_loader.hpp>
 #include <functional>
 #include <map>
 #include <memory>
@@ -36,8 +35,8 @@ namespace fingate::cli {
 
 // Exit codes of the client tools (docs/cli.md, "Exit codes").
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailure = 1;  // connection refused/failed, delivery failed, refused, differences found
-inline constexpr int kExitUsage = 2;    // bad options, config or plugin keys, unknown plugin
+inline constexpr int kExitFailure = 1;   // connection refused/failed, delivery failed, refused, differences found
+inline constexpr int kExitUsage = 2;     // bad options, config or plugin keys, unknown plugin
 inline constexpr int kExitTimeout = 27;  // --timeout expired (mosquitto_sub's MOSQ_ERR_TIMEOUT)
 
 using Clock = std::chrono::steady_clock;

@@ -91,9 +91,8 @@ std::string statusText(const MigrationState& m) {
   else if (m.cutover_allowed)
     out += "cutover:   allowed (fingate migrate cutover)\n";
   else
-    out += "cutover:   refused: " + (m.cutover_refused_because.empty() ? std::string("(no reason given)")
-                                                                         : m.cutover_refused_because) +
-           "\n";
+    out += "cutover:   refused: " +
+           (m.cutover_refused_because.empty() ? std::string("(no reason given)") : m.cutover_refused_because) + "\n";
   return out;
 }
 
@@ -184,15 +183,16 @@ std::string planJson(const Plan& p) {
 std::string planText(const Plan& p) {
   const bool cut_over = p.active != p.from;
   const std::string target = cut_over ? p.from : p.to;
-  std::string out = "migration " + p.from + " -> " + p.to + " (active: " + p.active + ", mirror " +
-                    (p.mirror ? "on" : "off") + ")\n";
-  out += "\nmoves to '" + target + "' at " + (cut_over ? "rollback" : "cutover") + " (" + std::to_string(p.move.size()) +
-         "):\n";
+  std::string out =
+      "migration " + p.from + " -> " + p.to + " (active: " + p.active + ", mirror " + (p.mirror ? "on" : "off") + ")\n";
+  out += "\nmoves to '" + target + "' at " + (cut_over ? "rollback" : "cutover") + " (" +
+         std::to_string(p.move.size()) + "):\n";
   if (p.move.empty()) out += "  (none)\n";
   for (const PlanMove& m : p.move) {
     out += "  " + m.fin_id + " on " + m.endpoint;
     out += m.capabilities.empty() ? std::string(", no capabilities") : ", capabilities: " + join(m.capabilities);
-    if (!m.acked) out += "\n    note: not acked by SOARCA yet; it moves, and SOARCA's ack then goes to '" + target + "'";
+    if (!m.acked)
+      out += "\n    note: not acked by SOARCA yet; it moves, and SOARCA's ack then goes to '" + target + "'";
     out += '\n';
   }
   out += "\nstays (" + std::to_string(p.stay.size()) + "):\n";

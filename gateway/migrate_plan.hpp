@@ -2,9 +2,8 @@
 // read and shown. Pure: no I/O, unit-tested in tests/unit/gateway/migrate_plan_test.cpp.
 #pragma once
 
-#include <fingate/json.hpp>
-
 #include <cstdint>
+#include <fingate/json.hpp>
 #include <string>
 #include <vector>
 

@@ -140,7 +140,8 @@ VerifyReport matchObservations(const std::vector<Observed>& seen, const VerifyPa
           ++t.missing_on[1 - s];
           hashes[s].push_back(sha);
           if (!first || o->seen_at_ms < first->seen_at_ms ||
-              (o->seen_at_ms == first->seen_at_ms && (o->side < first->side || (o->side == first->side && o->seq < first->seq))))
+              (o->seen_at_ms == first->seen_at_ms &&
+               (o->side < first->side || (o->side == first->side && o->seq < first->seq))))
             first = o;
         }
     }
@@ -148,7 +149,7 @@ VerifyReport matchObservations(const std::vector<Observed>& seen, const VerifyPa
     for (int s = 0; s < 2; ++s) t.digest[s] = digestOf(std::move(hashes[s]));
     if (first)
       t.first_difference = FirstDifference{first->side, first->seen_at_ms, first->message_id,
-                                           first->type,  first->sha256,     first->preview};
+                                           first->type, first->sha256,     first->preview};
     for (int s = 0; s < 2; ++s) r.messages[s] += t.count[s];
     r.compared += compared;
     if (!t.parity()) r.differing_topics.push_back(topic);
@@ -265,9 +266,10 @@ std::string reportTable(const VerifyReport& r) {
   std::string out = "verify " + n[0] + " -> " + n[1] + " (active: " + p.active + "): ";
   out += r.parity ? "PARITY" : "DIFFERENCES";
   out += r.reason.empty() ? "\n" : " - " + r.reason + "\n";
-  out += "window " + numberText(p.window_s) + " s after " + numberText(p.grace_s) + " s of grace, observation started " +
-         rfc3339Ms(p.started_at_ms) + "; messages: " + n[0] + " " + std::to_string(r.messages[0]) + ", " + n[1] + " " +
-         std::to_string(r.messages[1]) + "; " + plural(r.topics.size(), "topic", "topics") + "\n";
+  out += "window " + numberText(p.window_s) + " s after " + numberText(p.grace_s) +
+         " s of grace, observation started " + rfc3339Ms(p.started_at_ms) + "; messages: " + n[0] + " " +
+         std::to_string(r.messages[0]) + ", " + n[1] + " " + std::to_string(r.messages[1]) + "; " +
+         plural(r.topics.size(), "topic", "topics") + "\n";
   if (r.topics.empty()) return out;
 
   std::vector<std::array<std::string, 6>> rows;

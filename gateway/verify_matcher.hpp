@@ -26,7 +26,7 @@ namespace fingate::cli {
 
 // One message one observer saw.
 struct Observed {
-  int side = 0;            // 0 = the migration's `from`, 1 = its `to`
+  int side = 0;  // 0 = the migration's `from`, 1 = its `to`
   std::string topic;
   std::string sha256;      // of the payload, lower-case hex
   int64_t seen_at_ms = 0;  // the transport's timestamp when non-zero, else the arrival (wall clock, ms)
@@ -76,7 +76,7 @@ struct TopicResult {
 struct VerifyReport {
   VerifyParams params;
   bool parity = false;
-  std::string reason;  // empty with parity
+  std::string reason;                  // empty with parity
   std::array<uint64_t, 2> messages{};  // counted per side
   uint64_t compared = 0;               // distinct counted messages (a matched pair once)
   std::vector<TopicResult> topics;     // topics with a counted message, by name

@@ -1,11 +1,11 @@
 // fingate migrate plan / status: the gateway's answers (GET /v1/migration, GET /v1/fins) read,
 // classified and shown (gateway/migrate_plan.hpp).
+#include "migrate_plan.hpp"
+
 #include <gtest/gtest.h>
 
 #include <fingate/json.hpp>
 #include <string>
-
-#include "migrate_plan.hpp"
 
 using namespace fingate::cli;
 using fingate::Json;
@@ -78,11 +78,11 @@ TEST(MigratePlan, AllowedCutoverHasNoProblem) {
 }
 
 TEST(MigratePlan, AfterTheCutoverTheNextSwitchIsTheRollback) {
-  const MigrationState m = state(
-      R"({"from":"old","to":"new","active":"new","passive":"old","mirror":true,"cutover_allowed":false,)"
-      R"("cutover_refused_because":"active is already 'new'"})");
-  const Plan p = makePlan(
-      m, parse(R"({"fins":[{"fin_id":"f","endpoint":"new","session":0,"capabilities":["c"],"acked":true}]})"));
+  const MigrationState m =
+      state(R"({"from":"old","to":"new","active":"new","passive":"old","mirror":true,"cutover_allowed":false,)"
+            R"("cutover_refused_because":"active is already 'new'"})");
+  const Plan p =
+      makePlan(m, parse(R"({"fins":[{"fin_id":"f","endpoint":"new","session":0,"capabilities":["c"],"acked":true}]})"));
   ASSERT_EQ(p.move.size(), 1u);
   EXPECT_EQ(p.move[0].endpoint, "new");
   ASSERT_EQ(p.problems.size(), 1u);

@@ -1,18 +1,18 @@
 // fingate migrate verify: the matcher (gateway/verify_matcher.hpp) on observations made by hand.
+#include "verify_matcher.hpp"
+
 #include <gtest/gtest.h>
 
 #include <fingate/json.hpp>
 #include <string>
 #include <vector>
 
-#include "verify_matcher.hpp"
-
 using namespace fingate::cli;
 
 namespace {
 
-constexpr int64_t kStart = 1'700'000'000'000;  // started_at (ms)
-constexpr int64_t kWindowFrom = kStart + 2000;  // grace 2 s
+constexpr int64_t kStart = 1'700'000'000'000;        // started_at (ms)
+constexpr int64_t kWindowFrom = kStart + 2000;       // grace 2 s
 constexpr int64_t kWindowTo = kWindowFrom + 10'000;  // window 10 s
 
 VerifyParams params(bool allow_idle = false) {
@@ -218,8 +218,8 @@ TEST(VerifyObserve, Sha256AndDigests) {
   EXPECT_EQ(sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(digestOf({}), sha256Hex(""));
   EXPECT_EQ(digestOf({sha256Hex("a"), sha256Hex("b")}), digestOf({sha256Hex("b"), sha256Hex("a")}));
-  EXPECT_EQ(digestOf({sha256Hex("b"), sha256Hex("a")}), sha256Hex(std::min(sha256Hex("a"), sha256Hex("b")) +
-                                                                   std::max(sha256Hex("a"), sha256Hex("b"))));
+  EXPECT_EQ(digestOf({sha256Hex("b"), sha256Hex("a")}),
+            sha256Hex(std::min(sha256Hex("a"), sha256Hex("b")) + std::max(sha256Hex("a"), sha256Hex("b"))));
 }
 
 TEST(VerifyObserve, ThePreviewIsRedactedAndCutAt200BytesOnACharacterBoundary) {
