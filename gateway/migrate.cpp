@@ -356,7 +356,8 @@ int switchSides(const MigrateArgs& a, const Admin& ad, bool cutover) {
   const Answer res = call(ad, "POST", "/v1/migration/" + what);
   if (res.status == 409) {
     if (a.json) out(res.body);
-    fail(kExitFailure, what + " refused: " + res.error());
+    const std::string why = res.error();
+    fail(kExitFailure, why.rfind(what, 0) == 0 ? why : what + " refused: " + why);
   }
   if (res.status != 200) unexpected(ad, "POST /v1/migration/" + what, res);
   if (a.json) {
