@@ -91,6 +91,19 @@ class RecordingOutput : public RouterOutput {
   std::function<void(std::string)> log_;
 };
 
+// The pingpong fin of the captured vectors (tests/data/vectors, the "a" series).
+inline const std::string kFin = "soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d";
+inline const std::string kCap = "mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d";
+
+// An inbound message as a plugin would hand it in.
+inline Envelope env(const std::string& topic, const std::string& payload, uint64_t session = 0) {
+  Envelope e;
+  e.topic = topic;
+  e.assignPayload(payload);
+  e.session = session;
+  return e;
+}
+
 // A router endpoint named `name` with `role` that sends to `out`.
 inline std::shared_ptr<RouterEndpoint> routerEndpoint(const std::string& name, Role role, RouterOutput& out,
                                                       bool sessions = false) {

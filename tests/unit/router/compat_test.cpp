@@ -8,6 +8,9 @@
 #include "test_support.hpp"
 
 using namespace fingate;
+using fingate::test::env;
+using fingate::test::kCap;
+using fingate::test::kFin;
 using fingate::test::vectorBytes;
 
 namespace {
@@ -80,16 +83,8 @@ TEST(PythonFinRepair, OnlyCommandsAreTouched) {
 
 using Collect = fingate::test::RecordingOutput;
 
-Envelope env(const std::string& topic, const std::string& payload) {
-  Envelope e;
-  e.topic = topic;
-  e.assignPayload(payload);
-  return e;
-}
 
 const std::string kReg = vectorBytes("01-a-register.json");
-const std::string kFin = "soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d";
-const std::string kCap = "mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d";
 const std::string kRegId = "abec7356-e6f0-11f1-acf4-02fc00000001";
 
 class CompatRouter : public ::testing::Test {

@@ -11,6 +11,9 @@
 #include "test_support.hpp"
 
 using namespace fingate;
+using fingate::test::env;
+using fingate::test::kCap;
+using fingate::test::kFin;
 using fingate::test::vectorBytes;
 
 namespace {
@@ -19,8 +22,6 @@ const std::string kRegister = vectorBytes("01-a-register.json");
 const std::string kAck = vectorBytes("02-a-ack.json");
 const std::string kCommand = vectorBytes("03-a-command-auth.json");
 const std::string kResult = vectorBytes("04-a-result.json");
-const std::string kFin = "soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d";
-const std::string kCap = "mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d";
 const std::string kRegisterId = "abec7356-e6f0-11f1-acf4-02fc00000001";
 
 // Shared event log across outputs, to check ordering (subscribe before forward).
@@ -39,13 +40,6 @@ class TestOutput : public fingate::test::RecordingOutput {
       : RecordingOutput(name, [&log](std::string e) { log.add(std::move(e)); }) {}
 };
 
-Envelope env(const std::string& topic, const std::string& payload, uint64_t session = 0) {
-  Envelope e;
-  e.topic = topic;
-  e.assignPayload(payload);
-  e.session = session;
-  return e;
-}
 
 class RouterTest : public ::testing::Test {
  protected:

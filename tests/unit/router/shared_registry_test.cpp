@@ -9,6 +9,9 @@
 #include "test_support.hpp"
 
 using namespace fingate;
+using fingate::test::env;
+using fingate::test::kCap;
+using fingate::test::kFin;
 using fingate::test::RecordingOutput;
 using fingate::test::routerEndpoint;
 using fingate::test::vectorBytes;
@@ -19,15 +22,7 @@ const std::string kRegister = vectorBytes("01-a-register.json");
 const std::string kAck = vectorBytes("02-a-ack.json");
 const std::string kCommand = vectorBytes("03-a-command-auth.json");
 const std::string kUnregister = vectorBytes("10-a-unregister.json");
-const std::string kFin = "soarca-fin--pingpong-f877bb3a-bb37-429e-8ece-2d4286cf326d";
-const std::string kCap = "mod-pong--e896aa3b-bb37-429e-8ece-2d4286cf326d";
 
-Envelope env(const std::string& topic, const std::string& payload) {
-  Envelope e;
-  e.topic = topic;
-  e.assignPayload(payload);
-  return e;
-}
 
 // One gateway instance: orchestrator "orch" (broker), fins "bus" (broker, also the registry
 // endpoint), fins "edge" (a session transport).
