@@ -1,7 +1,9 @@
-// fingate: the command line. Each subcommand lives in commands.cpp (pub/sub: pubsub.cpp).
+// fingate: the command line. Each subcommand lives in commands.cpp (pub/sub: pubsub.cpp, migrate:
+// migrate.cpp).
 #include <CLI/CLI.hpp>
 
 #include "commands.hpp"
+#include "migrate.hpp"
 #include "pubsub.hpp"
 
 int main(int argc, char** argv) {
@@ -20,6 +22,8 @@ int main(int argc, char** argv) {
   auto* pub = fingate::cli::addPubCommand(app, pub_args);
   fingate::cli::SubArgs sub_args;
   auto* sub = fingate::cli::addSubCommand(app, sub_args);
+  fingate::cli::MigrateArgs migrate_args;
+  auto* migrate = fingate::cli::addMigrateCommand(app, migrate_args);
 
   try {
     app.parse(argc, argv);
@@ -32,5 +36,6 @@ int main(int argc, char** argv) {
   if (*plugins) return fingate::cli::plugins(dir);
   if (*pub) return fingate::cli::pub(pub_args);
   if (*sub) return fingate::cli::sub(sub_args);
+  if (*migrate) return fingate::cli::migrate(migrate_args);
   return 2;
 }

@@ -1,7 +1,5 @@
 // `fingate pub` / `fingate sub` (docs/cli.md). One plugin instance, driven through the C ABI
-// exactly as the gateway drives an endpoint, with no transport-specific code here:
-//  - the endpoint is up when the plugin reports FG_STATE_UP; a DOWN or FAILED before the first UP
-//    is a refused connection (the plugin's detail is the error), like mosquitto_pub;
+// exactly as the gateway drives an endpoint (the host, its states and waits: cli_host.hpp):
 //  - pub: a publish counts only when the transport confirms it (FG_CAP_DELIVERY: on_delivery
 //    OK); FAILED and NO_RECEIVER are errors, NO_RECEIVER is first retried until --timeout (a
 //    server-side endpoint waits for a subscriber); FG_RETRY from publish() is back-pressure:
@@ -10,468 +8,37 @@
 //    they are in place), confirmed by FG_EVENT_SUBSCRIPTION when the plugin has
 //    FG_CAP_SUBSCRIBE_ACK; every inbound token is acked DELIVERED after its line was written and
 //    flushed (from a thread of our own: never inside on_message).
-// Signals: SIGINT/SIGTERM are taken synchronously by one thread; a second one exits at once (130).
 #include "pubsub.hpp"
 
-#include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <deque>
-#include <filesystem>
-#include <fingate/config.hpp>
 #include <fingate/fin_codec.hpp>
-#include <fingate/gateway.hpp>
-#include <fingate/plugin_loader.hpp>
 #include <fingate/topic.hpp>
 #include <fstream>
-#include <functional>
 #include <map>
-#include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <sstream>
-#include <thread>
 #include <utility>
 
-#include "redact.hpp"
+#include "cli_host.hpp"
 
 namespace fingate::cli {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using Ms = std::chrono::milliseconds;
-
-constexpr uint32_t kStopTimeoutMs = 2000;   // plugin stop(): flush what it can
 constexpr size_t kWindow = 256;             // publishes awaiting confirmation at once (after the first)
 constexpr auto kNoReceiverRetry = Ms(200);  // NO_RECEIVER: publish again this often (or on a new session)
 constexpr auto kBusyBackoffMax = Ms(50);    // FG_RETRY / FG_ERR_UNAVAILABLE: longest back-off
-
-// What ends a command: an exit code and one line for stderr (empty: nothing to say).
-struct Failure {
-  int code;
-  std::string message;
-};
-[[noreturn]] void fail(int code, std::string message) { throw Failure{code, std::move(message)}; }
-
-std::mutex g_err_mu;
-// One line on stderr; URL credentials are masked whatever a plugin put in the text.
-void errLine(const std::string& text) {
-  std::lock_guard lk(g_err_mu);
-  std::string clean = redactText(text);
-  std::fprintf(stderr, "%s\n", clean.c_str());
-  std::fflush(stderr);
-}
-
-std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
-  std::string out;
-  for (auto& s : v) out += (out.empty() ? "" : sep) + s;
-  return out;
-}
-
-Clock::duration seconds(double s) {
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
-}
-
-std::string secondsText(double s) {
-  std::ostringstream o;
-  o << s << " s";
-  return o.str();
-}
-
-const char* levelName(fg_log_level l) {
-  switch (l) {
-    case FG_LOG_TRACE:
-      return "trace";
-    case FG_LOG_DEBUG:
-      return "debug";
-    case FG_LOG_INFO:
-      return "info";
-    case FG_LOG_WARN:
-      return "warning";
-    default:
-      return "error";
-  }
-}
-
-// ---- signals ---------------------------------------------------------------------------
-
-// SIGINT/SIGTERM are blocked in every thread (plugin threads inherit the mask: construct this
-// before any plugin starts) and taken by one thread with sigwait. The first calls on_signal; a
-// second one ends the process at once.
-class Signals {
- public:
-  explicit Signals(std::function<void()> on_signal) : on_signal_(std::move(on_signal)) {
-    sigemptyset(&set_);
-    sigaddset(&set_, SIGINT);
-    sigaddset(&set_, SIGTERM);
-    sigaddset(&set_, SIGUSR2);  // our own wake-up at the end
-    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
-    signal(SIGPIPE, SIG_IGN);  // a closed stdout or socket is an error value, not a death
-    thread_ = std::thread([this] { run(); });
-  }
-  ~Signals() {
-    quit_ = true;
-    pthread_kill(thread_.native_handle(), SIGUSR2);
-    thread_.join();
-  }
-  Signals(const Signals&) = delete;
-  Signals& operator=(const Signals&) = delete;
-
- private:
-  void run() {
-    int seen = 0;
-    while (true) {
-      int sig = 0;
-      if (sigwait(&set_, &sig) != 0) continue;
-      if (quit_) return;
-      if (sig == SIGUSR2) continue;
-      if (++seen > 1) _exit(130);
-      on_signal_();
-    }
-  }
-  sigset_t set_;
-  std::function<void()> on_signal_;
-  std::atomic<bool> quit_{false};
-  std::thread thread_;
-};
-
-// ---- the host of the one instance ------------------------------------------------------
-
-// Records what the plugin reports; the command's thread waits on `cv` and reads under `mu`.
-class CliHost final : public PluginHost {
- public:
-  using MessageFn = std::function<fg_status(uint64_t, const fg_message&, uint64_t)>;
-  struct Settled {
-    fg_status status;
-    std::string detail;
-  };
-
-  explicit CliHost(bool debug) : debug_(debug) {}
-
-  void setMessageHandler(MessageFn fn) { message_ = std::move(fn); }
-
-  void log(fg_log_level level, std::string_view msg) override {
-    if (level >= FG_LOG_WARN) {
-      std::lock_guard lk(mu);
-      last_problem = std::string(msg);
-    }
-    if (debug_) errLine(std::string("debug: plugin ") + levelName(level) + ": " + std::string(msg));
-  }
-
-  fg_status onMessage(uint64_t sub_id, const fg_message& msg, uint64_t token) override {
-    {
-      // A message came: the connection works, whatever state the plugin reported so far (a
-      // server may send everything and close before the client's own "up" handshake ends).
-      std::lock_guard lk(mu);
-      received = true;
-    }
-    cv.notify_all();
-    return message_ ? message_(sub_id, msg, token) : FG_ERR_STATE;
-  }
-
-  void onEvent(const fg_event& ev) override {
-    const std::string detail = ev.detail ? ev.detail : "";
-    if (ev.kind == FG_EVENT_SUBSCRIPTION) {
-      settle(ev.sub_id, ev.status, detail);
-    } else if (ev.kind == FG_EVENT_SESSION_WRITABLE) {
-      hint();
-    } else if (ev.kind == FG_EVENT_CONNECTION && debug_) {
-      errLine(std::string("debug: connection facts:") + ((ev.flags & FG_CONN_NO_LOCAL) ? " no-local" : " none"));
-    }
-  }
-
-  void onDelivery(uint64_t delivery_id, fg_delivery status) override {
-    {
-      std::lock_guard lk(mu);
-      deliveries.emplace_back(delivery_id, status);
-    }
-    cv.notify_all();
-  }
-
-  void onState(fg_state state, std::string_view detail_view) override {
-    std::string detail(detail_view);
-    if (state == FG_STATE_SUBSCRIBED) {  // a 1.0 plugin's confirmation: detail = the decimal sub id
-      char* end = nullptr;
-      const unsigned long long id = std::strtoull(detail.c_str(), &end, 10);
-      if (end && *end == '\0' && !detail.empty()) settle(id, FG_OK, "");
-      return;
-    }
-    bool lost = false;
-    {
-      std::lock_guard lk(mu);
-      last_state = state;
-      last_detail = detail;
-      switch (state) {
-        case FG_STATE_UP:
-        case FG_STATE_RECONNECTED:
-          up = true;
-          ever_up = true;
-          break;
-        case FG_STATE_DOWN:
-        case FG_STATE_FAILED:
-          lost = up;
-          up = false;
-          if (!ever_up && !received) refused = true;
-          break;
-        case FG_STATE_STOPPED:
-          up = false;
-          break;
-        default:
-          break;
-      }
-    }
-    cv.notify_all();
-    if (debug_)
-      errLine(std::string("debug: endpoint ") + stateName(state) + (detail.empty() ? "" : ": " + detail));
-    else if (lost)
-      errLine(std::string("warning: connection lost (") + detail + "); the plugin reconnects");
-  }
-
-  void onSession(uint64_t session, fg_session_event event) override {
-    if (debug_)
-      errLine("debug: session " + std::to_string(session) + (event == FG_SESSION_OPENED ? " opened" : " closed"));
-    hint();
-  }
-
-  fg_status authorizeSubscribe(uint64_t session, std::string_view filter, std::string&) override {
-    if (debug_) errLine("debug: session " + std::to_string(session) + " subscribed to '" + std::string(filter) + "'");
-    hint();
-    return FG_OK;  // pub/sub has no bindings to protect
-  }
-
-  void interrupt() {
-    {
-      std::lock_guard lk(mu);
-      interrupted = true;
-    }
-    cv.notify_all();
-  }
-
-  bool debug() const { return debug_; }
-
-  // Guarded by mu.
-  std::mutex mu;
-  std::condition_variable cv;
-  bool up = false, ever_up = false, refused = false, interrupted = false;
-  bool received = false;  // a message arrived (the endpoint worked even if it never said up)
-  fg_state last_state = FG_STATE_STARTING;
-  std::string last_detail, last_problem;
-  std::deque<std::pair<uint64_t, fg_delivery>> deliveries;
-  std::map<uint64_t, Settled> settled;  // sub id -> what FG_EVENT_SUBSCRIPTION said last
-  uint64_t hints = 0;                   // sessions opened, client subscriptions, writable sessions
-
- private:
-  void settle(uint64_t sub_id, fg_status status, const std::string& detail) {
-    {
-      std::lock_guard lk(mu);
-      settled[sub_id] = Settled{status, detail};
-    }
-    cv.notify_all();
-  }
-  void hint() {
-    {
-      std::lock_guard lk(mu);
-      ++hints;
-    }
-    cv.notify_all();
-  }
-  const bool debug_;
-  MessageFn message_;
-};
-
-// Acks outcome tokens from a thread of its own (the ABI forbids acking inside on_message).
-class Acker {
- public:
-  explicit Acker(PluginInstance& inst) : inst_(inst), thread_([this] { run(); }) {}
-  ~Acker() { finish(); }
-  Acker(const Acker&) = delete;
-  Acker& operator=(const Acker&) = delete;
-  void push(uint64_t token, fg_outcome outcome) {
-    {
-      std::lock_guard lk(mu_);
-      queue_.emplace_back(token, outcome);
-    }
-    cv_.notify_all();
-  }
-  // Acks everything queued, then ends the thread (before the plugin is stopped).
-  void finish() {
-    {
-      std::lock_guard lk(mu_);
-      if (done_) return;
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  void run() {
-    std::unique_lock lk(mu_);
-    while (true) {
-      cv_.wait(lk, [&] { return done_ || !queue_.empty(); });
-      while (!queue_.empty()) {
-        auto [token, outcome] = queue_.front();
-        queue_.pop_front();
-        lk.unlock();
-        if (inst_.hasAck()) inst_.ack(token, outcome);
-        lk.lock();
-      }
-      if (done_) return;
-    }
-  }
-  PluginInstance& inst_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::pair<uint64_t, fg_outcome>> queue_;
-  bool done_ = false;
-  std::thread thread_;
-};
-
-// ---- the endpoint: which plugin, which keys --------------------------------------------
-
-struct Resolved {
-  std::string plugin;
-  std::string dir;
-  std::vector<std::pair<std::string, std::string>> kv;
-  std::string label;  // for messages: "plugin 'mqtt'" or "endpoint 'soarca' (plugin 'mqtt') of FILE"
-  std::string file;   // the config file, when -c
-};
-
-std::vector<std::string> availablePlugins(const std::string& dir) {
-  std::vector<std::string> names;
-  for (auto& p : listPlugins(dir))
-    if (p.error.empty()) names.push_back(p.name);
-  return names;
-}
-
-Resolved resolveEndpoint(const EndpointArgs& a) {
-  Resolved r;
-  if (!a.config.empty()) {
-    if (!a.plugin.empty()) fail(kExitUsage, "give either -c FILE --endpoint NAME or --plugin NAME, not both");
-    Config cfg;
-    try {
-      cfg = loadConfig(a.config);  // ${ENV} expanded here, like the gateway
-    } catch (const ConfigError& e) {
-      fail(kExitUsage, e.what());
-    }
-    std::vector<std::string> names;
-    for (auto& e : cfg.endpoints) names.push_back(e.name);
-    if (a.endpoint.empty())
-      fail(kExitUsage, "-c needs --endpoint NAME (endpoints in " + a.config + ": " + join(names) + ")");
-    auto it = std::find_if(cfg.endpoints.begin(), cfg.endpoints.end(), [&](auto& e) { return e.name == a.endpoint; });
-    if (it == cfg.endpoints.end())
-      fail(kExitUsage, "no endpoint '" + a.endpoint + "' in " + a.config + " (endpoints: " + join(names) + ")");
-    r.plugin = it->plugin;
-    for (auto& o : it->options) r.kv.emplace_back(o.key, o.value);
-    r.dir = a.plugins_dir.empty() ? resolvePluginsDir(cfg) : a.plugins_dir;
-    r.label = "endpoint '" + a.endpoint + "' (plugin '" + r.plugin + "') of " + a.config;
-    r.file = a.config;
-  } else {
-    if (!a.endpoint.empty()) fail(kExitUsage, "--endpoint NAME needs -c FILE");
-    if (a.plugin.empty())
-      fail(kExitUsage, "no endpoint: give -c FILE --endpoint NAME, or --plugin NAME [--set key=value ...]");
-    r.plugin = a.plugin;
-    r.dir = a.plugins_dir.empty() ? resolvePluginsDir(Config{}) : a.plugins_dir;
-    r.label = "plugin '" + r.plugin + "'";
-  }
-  for (auto& s : a.sets) {
-    const auto eq = s.find('=');
-    if (eq == std::string::npos || eq == 0)
-      fail(kExitUsage, "--set '" + s + "': expected key=value, e.g. --set url=tcp://127.0.0.1:1883");
-    std::string key = s.substr(0, eq), value = s.substr(eq + 1);
-    auto it = std::find_if(r.kv.begin(), r.kv.end(), [&](auto& kv) { return kv.first == key; });
-    if (it != r.kv.end())
-      it->second = value;  // overrides the config's value
-    else
-      r.kv.emplace_back(std::move(key), std::move(value));
-  }
-  return r;
-}
-
-std::shared_ptr<PluginLibrary> loadPlugin(const Resolved& r, const EndpointArgs& a) {
-  const std::string path = pluginPath(r.dir, r.plugin);
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) {
-    auto names = availablePlugins(r.dir);
-    fail(kExitUsage, "unknown plugin '" + r.plugin + "' (no " + path +
-                         "); available: " + (names.empty() ? "none in " + r.dir : join(names)));
-  }
-  std::shared_ptr<PluginLibrary> lib;
-  try {
-    lib = PluginLibrary::load(path, r.plugin);
-  } catch (const PluginError& e) {
-    fail(kExitUsage, "cannot use plugin '" + r.plugin + "': " + e.what());
-  }
-  for (auto& [key, value] : r.kv) {
-    if (lib->acceptsKey(key)) continue;
-    const bool from_set =
-        std::any_of(a.sets.begin(), a.sets.end(), [&](auto& s) { return s.rfind(key + "=", 0) == 0; });
-    fail(kExitUsage, std::string(from_set ? "--set " : r.file + ": endpoints." + a.endpoint + ".") + key +
-                         ": unknown key for plugin '" + r.plugin + "' (accepted: " + join(lib->configKeys()) + ")");
-  }
-  return lib;
-}
-
-// The plugin's create(): its own check of every value.
-std::unique_ptr<PluginInstance> createInstance(const Resolved& r, std::shared_ptr<PluginLibrary> lib, CliHost& host) {
-  try {
-    return std::make_unique<PluginInstance>(std::move(lib), host, r.kv);
-  } catch (const PluginError& e) {
-    fail(kExitUsage, r.label + ": " + e.what());
-  }
-}
-
-void startInstance(PluginInstance& inst, CliHost& host, const Resolved& r) {
-  const fg_status st = inst.start();
-  if (st == FG_OK) return;
-  std::string why;
-  {
-    std::lock_guard lk(host.mu);
-    why = !host.last_detail.empty() ? host.last_detail : host.last_problem;
-  }
-  fail(kExitFailure, "cannot start " + r.label + ": " + statusName(st) + (why.empty() ? "" : ": " + why));
-}
-
-// Waits until the endpoint is up and `ready` (called under host.mu) holds. A DOWN or FAILED
-// before the first UP is a refused connection. false = interrupted.
-bool waitUp(CliHost& host, const EndpointArgs& a, const Resolved& r, const std::function<bool()>& ready) {
-  const auto deadline = Clock::now() + seconds(a.connect_timeout_s);
-  std::unique_lock lk(host.mu);
-  while (true) {
-    if (host.interrupted) return false;
-    if (host.refused)
-      fail(kExitFailure, "cannot connect (" + r.label + "): " +
-                             (host.last_detail.empty() ? std::string(stateName(host.last_state)) : host.last_detail));
-    // Up once is enough: a connection lost after that is the plugin's to restore (it may
-    // already have come and gone, e.g. a server that sent everything and closed).
-    if ((host.ever_up || host.received) && ready()) return true;
-    if (host.cv.wait_until(lk, deadline) == std::cv_status::timeout && Clock::now() >= deadline) {
-      if (host.ever_up || host.received) return true;  // the caller says what is missing
-      fail(kExitFailure, "cannot connect (" + r.label + "): not up within " + secondsText(a.connect_timeout_s) +
-                             " (--connect-timeout); last state: " + stateName(host.last_state) +
-                             (host.last_detail.empty() ? "" : ": " + host.last_detail) +
-                             (host.last_problem.empty() ? "" : "; last warning: " + host.last_problem));
-    }
-  }
-}
-
-void checkEndpointArgs(const EndpointArgs& a) {
-  if (!(a.connect_timeout_s > 0)) fail(kExitUsage, "--connect-timeout must be more than 0 seconds");
-}
 
 // ---- pub -------------------------------------------------------------------------------
 
@@ -865,17 +432,6 @@ void checkSubArgs(const SubArgs& a) {
   if (a.timeout_s < 0 || !std::isfinite(a.timeout_s)) fail(kExitUsage, "--timeout must be 0 (none) or more seconds");
 }
 
-// Shared by pub and sub: turns a Failure into its line and exit code.
-template <class F>
-int guarded(F&& body) {
-  try {
-    return body();
-  } catch (const Failure& f) {
-    if (!f.message.empty()) errLine("error: " + f.message);
-    return f.code;
-  }
-}
-
 void addEndpointOptions(CLI::App& cmd, EndpointArgs& a) {
   cmd.add_option("-c,--config", a.config, "Config file whose endpoint to use (with --endpoint)");
   cmd.add_option("--endpoint", a.endpoint, "Endpoint name in the config file");
@@ -968,49 +524,16 @@ int sub(const SubArgs& a) {
       }
     } stopper{printer, acker, *inst};
 
-    // Subscriptions before start(): the plugin makes (or restores) them when it connects, so UP
-    // means they are in place; ids 1..n.
-    for (size_t i = 0; i < a.topics.size(); ++i) {
-      const fg_status st = inst->subscribe(a.topics[i], i + 1);
-      if (st == FG_ERR_INVALID_ARG)
-        fail(kExitUsage, "-t '" + a.topics[i] + "': refused by the plugin as an invalid filter");
-      if (st != FG_OK) fail(kExitFailure, "cannot subscribe to '" + a.topics[i] + "': " + statusName(st));
-    }
+    subscribeAll(*inst, a.topics);
     startInstance(*inst, host, r);
-    const bool acked = inst->library().capabilities() & FG_CAP_SUBSCRIBE_ACK;
-    auto refusal = [&]() -> std::optional<std::string> {  // under host.mu
-      for (auto& [id, s] : host.settled)
-        if (s.status != FG_OK && id >= 1 && id <= a.topics.size())
-          return "subscription to '" + a.topics[id - 1] +
-                 "' refused: " + (s.detail.empty() ? statusName(s.status) : s.detail);
-      return std::nullopt;
-    };
-    auto allSettled = [&] {
-      if (refusal()) return true;
-      if (!acked) return true;
-      for (size_t i = 1; i <= a.topics.size(); ++i)
-        if (!host.settled.count(i)) return false;
-      return true;
-    };
-    if (!waitUp(host, a.ep, r, allSettled)) return kExitOk;
-    {
-      std::unique_lock lk(host.mu);
-      if (auto why = refusal()) fail(kExitFailure, *why);
-      if (!allSettled()) {
-        std::vector<std::string> missing;
-        for (size_t i = 1; i <= a.topics.size(); ++i)
-          if (!host.settled.count(i)) missing.push_back("'" + a.topics[i - 1] + "'");
-        fail(kExitFailure,
-             "no subscription confirmation within " + secondsText(a.ep.connect_timeout_s) + " for " + join(missing));
-      }
-    }
+    if (!waitSubscribed(host, *inst, a.ep, r, a.topics)) return kExitOk;
     if (host.debug())
       for (auto& t : a.topics) errLine("debug: subscribed to '" + t + "'");
 
     const auto deadline = a.timeout_s > 0 ? Clock::now() + seconds(a.timeout_s) : Clock::time_point::max();
     std::unique_lock lk(host.mu);
     while (true) {
-      if (auto why = refusal()) fail(kExitFailure, *why);  // e.g. refused again after a reconnect
+      if (auto why = subscriptionRefusal(host, a.topics)) fail(kExitFailure, *why);  // e.g. after a reconnect
       if (host.interrupted) return kExitOk;
       lk.unlock();
       const uint64_t n = printer.printed();

@@ -7,28 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "cli_host.hpp"  // EndpointArgs, the exit codes
+
 namespace CLI {
 class App;
 }
 
 namespace fingate::cli {
-
-// Exit codes of pub and sub (docs/cli.md, "Exit codes").
-inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailure = 1;  // connection refused/failed, delivery failed, no receiver, refused subscription
-inline constexpr int kExitUsage = 2;    // bad options, config or plugin keys, unknown plugin
-inline constexpr int kExitTimeout = 27;  // --timeout expired (mosquitto_sub's MOSQ_ERR_TIMEOUT)
-
-// Where the endpoint comes from: a config file's endpoint, or a plugin with inline keys.
-struct EndpointArgs {
-  std::string config;             // -c FILE
-  std::string endpoint;           // --endpoint NAME (with -c)
-  std::string plugin;             // --plugin NAME
-  std::vector<std::string> sets;  // --set key=value (repeatable; with -c: added or overriding)
-  std::string plugins_dir;        // --plugins-dir DIR (default: the config's, else the gateway's)
-  double connect_timeout_s = 10;  // --connect-timeout
-  bool debug = false;             // -d: states, events and plugin log lines on stderr
-};
 
 struct PubArgs {
   EndpointArgs ep;

@@ -104,6 +104,18 @@ struct ClusterConfig {
   Mark mark;
 };
 
+// Moving fins from one broker endpoint to another (top-level `migration:` map; docs/migration.md).
+// `from` and `to` act as one logical fins endpoint: the active one holds the bindings and gets the
+// orchestrator's commands; with the mirror on, fin traffic is copied to the other side as well.
+struct MigrationConfig {
+  std::string from, to;             // endpoint names (broker-side fins endpoints); empty = no migration
+  bool to_active = false;           // `active: to` (after a cutover); default `from`
+  bool mirror = false;              // `mirror:`
+  uint32_t verify_max_age_s = 600;  // a passing verify report older than this does not allow a cutover
+  Mark mark, from_mark, to_mark;
+  bool configured() const { return !from.empty(); }
+};
+
 struct Config {
   std::string file;         // the path it was read from
   std::string plugins_dir;  // empty = default (../plugins relative to the binary)
@@ -118,6 +130,7 @@ struct Config {
   uint32_t register_replay_s = 300;      // re-send stored registers to orchestrators this often; 0 = off
   Limits limits;
   ClusterConfig cluster;
+  MigrationConfig migration;
   std::vector<EndpointConfig> endpoints;  // in file order
   std::vector<RouteConfig> routes;
 };

@@ -6,7 +6,9 @@
 #include <fingate/router.hpp>
 
 #include <condition_variable>
+#include <map>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <thread>
 #include <string>
@@ -50,6 +52,17 @@ class Gateway {
   // running (and their sessions and bindings); others are stopped/started; routes swap.
   bool reload(const Config& next, std::string& error);
 
+  // Migration (config `migration:`, docs/migration.md), driven through the admin API.
+  // GET /v1/migration: the pair, its state, the mirror's counters, the last verify report and
+  // whether a cutover is allowed now. status 404 when no migration is configured.
+  std::string migrationJson(int& status) const;
+  // POST /v1/migration/<action>: "mirror" (params: enabled), "verify" (params: parity, messages,
+  // topics; body: the verify report, stored), "cutover", "rollback". Returns the HTTP status
+  // (200, 400, 404, 409) and the JSON reply. Switches go through the reload path (the router's
+  // tables swap atomically) and are kept in <state_dir>/migration.json.
+  int migrationAction(const std::string& action, const std::map<std::string, std::string>& params,
+                      const std::string& body, std::string& reply);
+
   // Admin views.
   bool ready(std::string& why) const;
   std::string metricsText() const;
@@ -64,6 +77,29 @@ class Gateway {
   std::vector<std::shared_ptr<Endpoint>> buildEndpoints(const Config& cfg, const std::vector<std::string>& only);
   void publishEndpoints();
   static std::vector<RouteRule> routesOf(const Config& cfg);
+  // reload(), with the migration state taken from `next` (admin actions) or kept from the
+  // running gateway while the file names the same pair (SIGHUP).
+  bool apply(const Config& next, bool migration_from_next, std::string& error);
+  static MigrationPair pairOf(const MigrationConfig& m);
+  std::string migrationStateFile() const;
+  void saveMigrationState(const MigrationConfig& m) const;
+  void loadMigrationState(MigrationConfig& m) const;
+  bool cutoverAllowed(const MigrationConfig& m, std::string& why) const;  // under mig_mu_
+
+  struct VerifyReport {
+    bool parity = false;
+    int64_t at_ms = 0;       // wall clock
+    int64_t at_steady = 0;   // steady clock ms
+    std::string active;      // the active side when it was posted
+    uint64_t messages = 0, topics = 0;
+    uint64_t mirror_failed_at = 0;  // the mirror_failed counter when it was posted
+    std::string body;               // the report as posted (JSON)
+  };
+  mutable std::mutex mig_mu_;  // the report and switch times (lock order: reload_mu_, then mig_mu_)
+  std::optional<VerifyReport> verify_;
+  std::mutex mig_action_mu_;  // one migration action at a time
+  size_t last_moved_ = 0;     // bindings the last apply() moved (under reload_mu_)
+  int64_t switched_at_ms_ = 0, switched_steady_ = 0;
 
   Config cfg_;
   Registry registry_;

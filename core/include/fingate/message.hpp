@@ -119,6 +119,7 @@ struct OutMessage {
   std::string nack_id;
   std::string nack_endpoint;
   bool static_copy = false;  // made by a static route (a retry re-publishes it to its target)
+  bool mirror_copy = false;  // made by a migration's mirror (never nacked; a retry re-publishes it)
   bool nack_on_failure() const { return !nack_id.empty(); }
   void settle(fg_outcome o) {
     if (tracker) {

@@ -98,6 +98,12 @@ class Registry {
   // Removes every binding pred selects.
   std::vector<FinBinding> removeIf(const std::function<bool(const FinBinding&)>& pred);
 
+  // Migration: every binding of endpoint `from` (local ones) moves to `to`, and from now on a
+  // binding made (bind, adopt) for `from` is made for `to` — one step under the registry's lock,
+  // so a register bound during a cutover cannot stay behind. Returns how many bindings moved.
+  // An empty `from` removes the redirection.
+  size_t redirect(const std::string& from, const std::string& to);
+
   std::vector<FinBinding> snapshot() const;
   size_t size() const;
 
@@ -141,6 +147,7 @@ class Registry {
   std::unordered_map<std::string, size_t> per_endpoint_;
   std::map<std::pair<std::string, uint64_t>, size_t> per_session_;
   RegistryLimits limits_;
+  std::string redirect_from_, redirect_to_;  // see redirect()
   std::string state_file_;
   uint32_t delay_ms_ = 100;
   // writer

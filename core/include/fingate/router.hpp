@@ -61,6 +61,24 @@ struct RouterEndpoint {
   std::shared_ptr<void> owner;
 };
 
+// A migration between two broker-side fins endpoints (config `migration:`, docs/migration.md):
+// the two act as one logical fins endpoint. The active side holds the bindings and gets the
+// orchestrator's messages for fins; both sides hear `soarca` and every bound fin's topics, and
+// fin traffic from either is accepted. With the mirror on, what the gateway accepts from one
+// side, and what it sends to the active side for a fin, is also published on the other side.
+struct MigrationPair {
+  std::string from, to;
+  bool to_active = false;
+  bool mirror = false;
+  bool configured() const { return !from.empty(); }
+  const std::string& active() const { return to_active ? to : from; }
+  const std::string& passive() const { return to_active ? from : to; }
+  bool has(const std::string& e) const { return configured() && (e == from || e == to); }
+  const std::string& other(const std::string& e) const { return e == from ? to : from; }
+  // a and b are the same place for bindings: equal, or the two sides of the pair.
+  bool samePlace(const std::string& a, const std::string& b) const { return a == b || (has(a) && has(b)); }
+};
+
 struct RouteRule {
   std::string from_endpoint;
   std::string from_filter;
@@ -162,6 +180,10 @@ struct RouterCounters {
   std::atomic<uint64_t> registry_published{0};  // records and tombstones this instance published
   std::atomic<uint64_t> registry_applied{0};    // other instances' records and tombstones applied
   std::atomic<uint64_t> registry_ignored{0};    // records not applied (unknown endpoint, conflict, bad)
+  // Migration mirror: copies published to each side of the pair, and copies dead-lettered.
+  std::atomic<uint64_t> mirrored_to_from{0};
+  std::atomic<uint64_t> mirrored_to_to{0};
+  std::atomic<uint64_t> mirror_failed{0};
 };
 
 // Topic prefix of the shared binding registry's records ("$fingate/bindings/<fin_id>").
@@ -180,6 +202,11 @@ class Router {
   // The endpoint that carries the shared binding registry ("" = none): this instance's
   // bindings of broker-side fins endpoints are published there, other instances' are applied.
   void setRegistryEndpoint(const std::string& endpoint);
+  // The migration pair (an unconfigured one = none). Bindings of the passive side move to the
+  // active one, and from now on a binding made for either side is made for the active one, in
+  // one step with the registry (Registry::redirect). Returns how many bindings moved.
+  size_t setMigration(const MigrationPair& m);
+  MigrationPair migration() const;
 
   // Makes the subscriptions the gateway always needs: `soarca` on orchestrator and fins
   // endpoints, every static route's filter, and the topics of restored bindings. Idempotent:
@@ -259,6 +286,15 @@ class Router {
   // Hands a copy to dst (recording it for echo suppression where echoes come back).
   void send(RouterEndpoint& dst, OutMessage&& m);
   void sendTo(const EndpointList& eps, const std::string& dst, OutMessage&& m);
+  // The mirror's copy of m (sent to, or come from, `side`) for the other side of the pair, when
+  // the mirror is on and side is in the pair. Same topic and bytes, m's tracker, never nacked.
+  void mirror(const EndpointList& eps, const MigrationPair& mig, const std::string& side, const OutMessage& m);
+  void mirror(const EndpointList& eps, const MigrationPair& mig, RouterEndpoint& src, const Envelope& m);
+  void mirrorTo(const EndpointList& eps, const MigrationPair& mig, const std::string& target, OutMessage&& c);
+  // Fin traffic accepted from src: to every orchestrator endpoint (and the mirror).
+  void toOrchestrators(const EndpointList& eps, RouterEndpoint& src, const Envelope& m);
+  // The orchestrator's message for a fin: to the endpoint holding its binding (and the mirror).
+  void toFin(const EndpointList& eps, const std::string& dst, OutMessage&& m);
   OutMessage copyOut(const Envelope& m, std::string topic, uint64_t session, const std::string& src_name) const;
   OutMessage moveOut(Envelope& m, uint64_t session, const std::string& src_name) const;  // same topic, m emptied
   // Dead-letters m (refused by the rules); nacks it back to its sender when its message_id was readable.
@@ -315,6 +351,8 @@ class Router {
   std::shared_ptr<const EndpointList> endpoints_;
   std::shared_ptr<const std::vector<RouteRule>> routes_;
   std::string registry_endpoint_;
+  MigrationPair migration_;
+  std::atomic<bool> migration_on_{false};
 
   enum class SubState { Pending, Confirmed, Refused };
   struct Sub {

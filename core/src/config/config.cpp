@@ -160,6 +160,8 @@ class Parser {
         parseLimits(e, cfg.limits);
       } else if (k == "cluster") {
         parseCluster(e, cfg.cluster);
+      } else if (k == "migration") {
+        parseMigration(e, cfg.migration);
       } else if (k == "endpoints") {
         have_endpoints = true;
         parseEndpoints(e, cfg.endpoints);
@@ -170,12 +172,13 @@ class Parser {
              "unknown key '" + k +
                  "' (expected plugins_dir, state_dir, log_level, admin, queue_capacity, "
                  "dead_letter_capacity, drain_timeout_ms, subscribe_timeout_ms, register_replay, limits, cluster, "
-                 "endpoints, routes)");
+                 "migration, endpoints, routes)");
       }
     }
     if (!have_endpoints) fail(root.Mark(), "missing required key 'endpoints' (a map of endpoint name to its settings)");
     checkRoutes(cfg);
     checkCluster(cfg);
+    checkMigration(cfg);
     return cfg;
   }
 
@@ -432,6 +435,55 @@ class Parser {
     for (const EndpointConfig& ep : cfg.endpoints) names += (names.empty() ? "" : ", ") + ep.name;
     throw ConfigError(file_, cfg.cluster.mark,
                       "cluster.registry_endpoint: unknown endpoint '" + name + "' (endpoints: " + names + ")");
+  }
+
+  void parseMigration(const Entry& e, MigrationConfig& m) const {
+    requireMap(e, "migration", " (e.g. { from: mqtt_fins, to: kafka_fins })");
+    m.mark = toMark(e.key_mark);
+    bool have_from = false, have_to = false;
+    for (const Entry& a : entries(e.value, "migration")) {
+      if (a.key == "from") {
+        m.from = string(a, "migration.from");
+        m.from_mark = toMark(a.value.Mark());
+        have_from = true;
+      } else if (a.key == "to") {
+        m.to = string(a, "migration.to");
+        m.to_mark = toMark(a.value.Mark());
+        have_to = true;
+      } else if (a.key == "active") {
+        m.to_active = oneOf(a, "migration.active", {"from", "to"}) == "to";
+      } else if (a.key == "mirror") {
+        m.mirror = boolean(a, "migration.mirror");
+      } else if (a.key == "verify_max_age_s") {
+        m.verify_max_age_s = integer(a, "migration.verify_max_age_s", 1, 7 * 24 * 3600);
+      } else {
+        fail(a.key_mark, "migration." + a.key + ": unknown key (expected from, to, active, mirror, verify_max_age_s)");
+      }
+    }
+    if (!have_from || m.from.empty()) fail(e.key_mark, "migration: 'from' is required (the endpoint the fins are on now)");
+    if (!have_to || m.to.empty()) fail(e.key_mark, "migration: 'to' is required (the endpoint the fins move to)");
+  }
+
+  void checkMigration(const Config& cfg) const {
+    const MigrationConfig& m = cfg.migration;
+    if (!m.configured()) return;
+    if (m.from == m.to) throw ConfigError(file_, m.to_mark, "migration.to: must name another endpoint than 'from'");
+    std::string names;
+    for (const EndpointConfig& ep : cfg.endpoints) names += (names.empty() ? "" : ", ") + ep.name;
+    auto check = [&](const std::string& name, Mark mark, const char* key) {
+      for (const EndpointConfig& ep : cfg.endpoints)
+        if (ep.name == name) {
+          if (ep.role != Role::Fins)
+            throw ConfigError(file_, mark,
+                              std::string("migration.") + key + ": endpoint '" + name + "' has role " +
+                                  toString(ep.role) + "; both sides of a migration must be role fins");
+          return;
+        }
+      throw ConfigError(file_, mark,
+                        std::string("migration.") + key + ": unknown endpoint '" + name + "' (endpoints: " + names + ")");
+    };
+    check(m.from, m.from_mark, "from");
+    check(m.to, m.to_mark, "to");
   }
 
   void parseAdmin(const Entry& e, AdminConfig& admin) const {

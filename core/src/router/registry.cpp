@@ -145,8 +145,15 @@ void Registry::replaceLocked(const FinBinding& b, BindResult& r) {
   changedLocked();
 }
 
-BindResult Registry::bind(const FinBinding& b) {
+BindResult Registry::bind(const FinBinding& given) {
   std::lock_guard lk(mu_);
+  FinBinding redirected;
+  const bool moved = !redirect_from_.empty() && given.endpoint == redirect_from_;
+  if (moved) {
+    redirected = given;
+    redirected.endpoint = redirect_to_;
+  }
+  const FinBinding& b = moved ? redirected : given;
   BindResult r;
   std::string conflict = conflictLocked(b);
   if (!conflict.empty()) {
@@ -169,6 +176,7 @@ BindResult Registry::adopt(FinBinding b) {
   b.restored = false;
   b.session = 0;
   std::lock_guard lk(mu_);
+  if (!redirect_from_.empty() && b.endpoint == redirect_from_) b.endpoint = redirect_to_;
   BindResult r;
   auto it = fins_.find(b.fin_id);
   if (it != fins_.end() && !it->second->remote && !it->second->restored) {
@@ -274,6 +282,25 @@ std::vector<FinBinding> Registry::removeIf(const std::function<bool(const FinBin
   }
   if (!out.empty()) changedLocked();
   return out;
+}
+
+size_t Registry::redirect(const std::string& from, const std::string& to) {
+  std::lock_guard lk(mu_);
+  redirect_from_ = from;
+  redirect_to_ = from.empty() ? "" : to;
+  if (from.empty()) return 0;
+  size_t moved = 0;
+  for (auto& [id, b] : fins_) {
+    if (b->endpoint != from || b->remote) continue;
+    account(*b, -1);
+    auto copy = std::make_shared<FinBinding>(*b);
+    copy->endpoint = to;
+    account(*copy, +1);
+    b = std::move(copy);
+    ++moved;
+  }
+  if (moved) changedLocked();
+  return moved;
 }
 
 std::vector<FinBinding> Registry::removeEndpoint(const std::string& endpoint) {

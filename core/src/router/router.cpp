@@ -208,6 +208,25 @@ void Router::setRegistryEndpoint(const std::string& endpoint) {
                             [this](const std::string& fin_id, const FinBinding* b) { publishShared(fin_id, b); });
 }
 
+size_t Router::setMigration(const MigrationPair& m) {
+  {
+    std::lock_guard lk(config_mu_);
+    migration_ = m;
+    migration_on_.store(m.configured(), std::memory_order_release);
+  }
+  if (!m.configured()) {
+    registry_.redirect("", "");
+    return 0;
+  }
+  return registry_.redirect(m.passive(), m.active());
+}
+
+MigrationPair Router::migration() const {
+  if (!migration_on_.load(std::memory_order_acquire)) return {};  // the common case: no lock, no copy
+  std::lock_guard lk(config_mu_);
+  return migration_;
+}
+
 std::string Router::registryEndpoint() const {
   std::lock_guard lk(config_mu_);
   return registry_endpoint_;
@@ -445,9 +464,10 @@ void Router::subscribeBase() {
   for (auto& r : *routes)
     if (auto e = find(*eps, r.from_endpoint)) base(*e, r.from_filter);
   if (auto e = find(*eps, registryEndpoint())) base(*e, std::string(kBindingsPrefix) + "#");
+  const MigrationPair mig = migration();
   for (auto& b : registry_.snapshot())
     for (auto& e : *eps) {
-      bool here = e->role == Role::Orchestrator || (e->name == b.endpoint && !e->sessions);
+      bool here = e->role == Role::Orchestrator || (mig.samePlace(e->name, b.endpoint) && !e->sessions);
       if (here)
         for (auto& t : Registry::topicsOf(b)) base(*e, t);
     }
@@ -457,30 +477,34 @@ void Router::subscribeBinding(const EndpointList& eps, const FinBinding& b, cons
                               std::vector<std::pair<std::string, uint64_t>>& wait) {
   std::vector<std::string> held;  // what prev held and b keeps (released: see the caller's `gone`)
   if (prev) held = Registry::topicsOf(*prev);
+  // Both sides of a migration pair hear the fin's topics (its fins may be on either broker).
+  const MigrationPair mig = migration();
   for (auto& e : eps) {
     const bool orchestrator = e->role == Role::Orchestrator;
-    const bool fins_broker = e->name == b.endpoint && !e->sessions && e->role != Role::Orchestrator;
+    const bool fins_broker = mig.samePlace(e->name, b.endpoint) && !e->sessions && e->role != Role::Orchestrator;
     if (!orchestrator && !fins_broker) continue;
     // The fin moved between broker endpoints: the old endpoint's hold goes, the new one starts.
-    const bool same_place = prev && (orchestrator || prev->endpoint == b.endpoint);
+    const bool same_place = prev && (orchestrator || mig.samePlace(prev->endpoint, b.endpoint));
     for (auto& t : Registry::topicsOf(b)) {
       if (same_place && contains(held, t)) continue;
       uint64_t id = acquire(*e, t);
       if (e->subscribe_ack) wait.emplace_back(e->name, id);
     }
   }
-  if (prev && prev->endpoint != b.endpoint) {
-    auto old = find(eps, prev->endpoint);
-    if (old && !old->sessions)
+  if (prev && !mig.samePlace(prev->endpoint, b.endpoint)) {
+    for (auto& e : eps) {
+      if (e->sessions || e->role == Role::Orchestrator || !mig.samePlace(e->name, prev->endpoint)) continue;
       for (auto& t : held)
-        if (contains(Registry::topicsOf(b), t)) release(old->name, t);
+        if (contains(Registry::topicsOf(b), t)) release(e->name, t);
+    }
   }
 }
 
 void Router::unsubscribeTopics(const EndpointList& eps, const std::string& fins_endpoint,
                                const std::vector<std::string>& topics) {
+  const MigrationPair mig = migration();
   for (auto& e : eps) {
-    bool here = e->role == Role::Orchestrator || (e->name == fins_endpoint && !e->sessions);
+    bool here = e->role == Role::Orchestrator || (mig.samePlace(e->name, fins_endpoint) && !e->sessions);
     if (!here) continue;
     for (auto& t : topics) release(e->name, t);
   }
@@ -533,6 +557,36 @@ void Router::send(RouterEndpoint& dst, OutMessage&& m) {
   dst.out->send(std::move(m));
 }
 
+void Router::mirrorTo(const EndpointList& eps, const MigrationPair& mig, const std::string& target, OutMessage&& c) {
+  c.mirror_copy = true;
+  c.session = 0;
+  c.nack_id.clear();  // SOARCA learns about the fin's own copy, never about the mirror's
+  (target == mig.from ? counters_.mirrored_to_from : counters_.mirrored_to_to).fetch_add(1, std::memory_order_relaxed);
+  sendTo(eps, target, std::move(c));
+}
+
+void Router::mirror(const EndpointList& eps, const MigrationPair& mig, const std::string& side, const OutMessage& m) {
+  if (!mig.mirror || !mig.has(side)) return;
+  OutMessage c;
+  c.topic = m.topic;
+  c.payload = m.payload;
+  c.headers = m.headers;
+  c.timestamp_ms = m.timestamp_ms;
+  c.ingress_ns = m.ingress_ns;
+  c.origin = m.origin;
+  c.origin_session = m.origin_session;
+  if (m.tracker) {
+    c.tracker = m.tracker;
+    c.tracker->copyAdded();
+  }
+  mirrorTo(eps, mig, mig.other(side), std::move(c));
+}
+
+void Router::mirror(const EndpointList& eps, const MigrationPair& mig, RouterEndpoint& src, const Envelope& m) {
+  if (!mig.mirror || !mig.has(src.name)) return;
+  mirrorTo(eps, mig, mig.other(src.name), copyOut(m, m.topic, 0, src.name));
+}
+
 void Router::sendTo(const EndpointList& eps, const std::string& dst, OutMessage&& m) {
   auto ep = find(eps, dst);
   if (!ep) {
@@ -572,7 +626,11 @@ void Router::deliveryFailed(const std::string& endpoint, OutMessage&& m, const s
   d.payload_bytes = m.payload.size();
   d.payload = std::move(m.payload);
   d.headers = std::move(m.headers);
-  if (m.static_copy || m.origin.empty()) d.target = endpoint;
+  if (m.static_copy || m.mirror_copy || m.origin.empty()) d.target = endpoint;
+  if (m.mirror_copy) {
+    counters_.mirror_failed++;
+    d.detail = "mirror copy: " + d.detail;
+  }
   if (logAllowed(reason + endpoint))
     spdlog::warn("dead letter for {} topic '{}': {} ({})", endpoint, m.topic.substr(0, 200), reason, detail);
   dead_letters_.add(std::move(d));
@@ -591,6 +649,7 @@ void Router::sendNack(const std::string& endpoint, const std::string& topic, uin
   o.payload = fin::makeNack(message_id);
   o.session = ep->sessions ? session : 0;
   counters_.nacks_sent++;
+  mirror(*eps, migration(), endpoint, o);  // the other side of a migration sees the same answer
   send(*ep, std::move(o));
 }
 
@@ -730,9 +789,10 @@ bool Router::wasDelivered(const std::string& endpoint, uint64_t session, const s
 }
 
 bool Router::finMaySay(RouterEndpoint& src, const Envelope& m, const fin::Routing& r, std::string& why) {
+  const MigrationPair mig = migration();
   auto owns = [&](const std::string& id) {
     auto b = registry_.lookup(id);
-    if (!b || b->endpoint != src.name) return false;
+    if (!b || !mig.samePlace(b->endpoint, src.name)) return false;
     return !src.sessions || (!b->restored && b->session == m.session);
   };
   switch (r.type) {
@@ -776,17 +836,13 @@ Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, E
       reject(src, m, "not_allowed", why, &parsed.msg, kSoarca);
       return Outcome::Done;
     }
-    bool any = false;
-    for (auto& e : eps)
-      if (e->role == Role::Orchestrator) {
-        send(*e, copyOut(m, m.topic, 0, src.name));
-        any = true;
-      }
-    if (!any) deadLetter(src.name, m, "no_orchestrator", "no orchestrator endpoint is configured");
+    toOrchestrators(eps, src, m);
     return Outcome::Done;
   }
   // A fin topic: only its owner may speak there (a restored binding: once a session claimed it).
-  if (owner->endpoint != src.name || (src.sessions && (owner->restored || owner->session != m.session))) {
+  // Both sides of a migration pair are the owner's place.
+  if (!migration().samePlace(owner->endpoint, src.name) ||
+      (src.sessions && (owner->restored || owner->session != m.session))) {
     reject(src, m, "foreign_topic",
            owner->restored && owner->endpoint == src.name
                ? "topic '" + m.topic + "' belongs to a restored binding that no session has claimed by a register yet"
@@ -794,14 +850,22 @@ Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, E
            &parsed.msg);
     return Outcome::Done;
   }
+  toOrchestrators(eps, src, m);
+  return Outcome::Done;
+}
+
+void Router::toOrchestrators(const EndpointList& eps, RouterEndpoint& src, const Envelope& m) {
   bool any = false;
   for (auto& e : eps)
     if (e->role == Role::Orchestrator) {
       send(*e, copyOut(m, m.topic, 0, src.name));
       any = true;
     }
-  if (!any) deadLetter(src.name, m, "no_orchestrator", "no orchestrator endpoint is configured");
-  return Outcome::Done;
+  if (!any) {
+    deadLetter(src.name, m, "no_orchestrator", "no orchestrator endpoint is configured");
+    return;
+  }
+  mirror(eps, migration(), src, m);
 }
 
 void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelope& m, const fin::Routing& r) {
@@ -840,6 +904,7 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
   FinBinding b;
   b.fin_id = r.fin_id;
   b.endpoint = src.name;
+  if (const MigrationPair mig = migration(); mig.has(src.name)) b.endpoint = mig.active();  // one logical endpoint
   b.session = src.sessions ? m.session : 0;
   b.capabilities = r.capability_ids;
   b.registered_at = nowMs() / 1000;
@@ -928,6 +993,7 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
 void Router::forwardRegister(const EndpointList& eps, const std::string& src_name, Envelope& m) {
   for (auto& e : eps)
     if (e->role == Role::Orchestrator) send(*e, copyOut(m, kSoarca, 0, src_name));
+  if (auto src = find(eps, src_name)) mirror(eps, migration(), *src, m);
 }
 
 bool Router::parkFollower(const std::string& src, Envelope& m) {
@@ -1143,10 +1209,10 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
       counters_.compat_nacks_to_acks++;
       OutMessage o = copyOut(m, m.topic, session, src.name);
       o.payload = fin::makeAck(r.message_id);
-      sendTo(eps, owner->endpoint, std::move(o));
+      toFin(eps, owner->endpoint, std::move(o));
       return Outcome::Done;
     } else {
-      sendTo(eps, owner->endpoint, copyOut(m, m.topic, session, src.name));
+      toFin(eps, owner->endpoint, copyOut(m, m.topic, session, src.name));
       if (auto undone = registry_.undo(owner->fin_id, r.message_id)) unsubscribeBindings({*undone});
       return Outcome::Done;
     }
@@ -1169,8 +1235,13 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
       counters_.compat_variables_completed += static_cast<uint64_t>(st.variables_completed);
     }
   }
-  sendTo(eps, owner_ep, std::move(out));
+  toFin(eps, owner_ep, std::move(out));
   return Outcome::Done;
+}
+
+void Router::toFin(const EndpointList& eps, const std::string& dst, OutMessage&& m) {
+  mirror(eps, migration(), dst, m);  // the copy first: m is moved next
+  sendTo(eps, dst, std::move(m));
 }
 
 bool Router::takeReplayed(const std::string& message_id) {

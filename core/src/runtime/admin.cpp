@@ -124,6 +124,9 @@ AdminViews AdminServer::viewsOf(Gateway& gw) {
       [&gw](uint64_t id, std::string& why) { return gw.router().retryDeadLetter(id, why); },
       [&gw](uint64_t id) { return gw.router().deadLetters().drop(id); },
       [&gw] { return gw.router().deadLetters().dropAll(); },
+      [&gw](int& status) { return gw.migrationJson(status); },
+      [&gw](const std::string& action, const std::map<std::string, std::string>& params, const std::string& body,
+            std::string& reply) { return gw.migrationAction(action, params, body, reply); },
   };
 }
 
@@ -169,10 +172,15 @@ void AdminServer::start() {
   s.set_read_timeout(5, 0);
   s.set_write_timeout(5, 0);
   s.set_keep_alive_max_count(100);
-  s.set_payload_max_length(64 * 1024);  // the admin API takes no bodies of note
+  s.set_payload_max_length(1 << 20);  // the largest body: a migration verify report
 
   // Host check (all paths), then the token (all but /healthz and /readyz).
   s.set_pre_routing_handler([this, listen_host](const httplib::Request& req, httplib::Response& res) {
+    // `curl -X POST URL` sends no Content-Length: cpp-httplib would answer a bare 400 before any
+    // handler runs. A bodiless POST/DELETE is an empty body.
+    if ((req.method == "POST" || req.method == "DELETE") && !req.has_header("Content-Length") &&
+        !req.has_header("Transfer-Encoding"))
+      const_cast<httplib::Request&>(req).headers.emplace("Content-Length", "0");  // the server owns req
     AdminConfig access = config();
     if (req.has_header("Host")) {
       std::string value = lowerCase(req.get_header_value("Host"));
@@ -290,6 +298,21 @@ void AdminServer::start() {
     if (crossSite(req, res)) return;
     size_t n = views_.drop_dead_letters ? views_.drop_dead_letters() : 0;
     res.set_content("{\"dropped\":" + std::to_string(n) + "}\n", "application/json");
+  });
+  // Migration (docs/migration.md): the state, and the actions of `fingate migrate`.
+  s.Get("/v1/migration", [this](const httplib::Request&, httplib::Response& res) {
+    int status = 404;
+    std::string body = views_.migration ? views_.migration(status) : "{\"error\":\"no migration configured\"}\n";
+    res.status = status;
+    res.set_content(redactText(body), "application/json");
+  });
+  s.Post(R"(/v1/migration/([a-z]+))", [this, crossSite](const httplib::Request& req, httplib::Response& res) {
+    if (crossSite(req, res)) return;
+    std::map<std::string, std::string> params;
+    for (auto& [k, v] : req.params) params[k] = v;
+    std::string reply = "{\"error\":\"no migration configured\"}\n";
+    res.status = views_.migration_action ? views_.migration_action(req.matches[1], params, req.body, reply) : 404;
+    res.set_content(reply, "application/json");
   });
   s.Get("/v1/endpoints", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(redactText(views_.endpoints()), "application/json");

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -33,6 +34,11 @@ struct AdminViews {
   std::function<bool(uint64_t id, std::string& why)> retry_dead_letter;
   std::function<bool(uint64_t id)> drop_dead_letter;
   std::function<size_t()> drop_dead_letters;
+  // Migration: GET /v1/migration (sets the status), POST /v1/migration/<action> (returns it).
+  std::function<std::string(int& status)> migration;
+  std::function<int(const std::string& action, const std::map<std::string, std::string>& params,
+                    const std::string& body, std::string& reply)>
+      migration_action;
 };
 
 class AdminServer {

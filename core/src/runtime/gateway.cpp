@@ -6,8 +6,10 @@
 #include <ctime>
 #include <filesystem>
 #include <fingate/fin_codec.hpp>
-#include <fingate/topic.hpp>
 #include <fingate/gateway.hpp>
+#include <fingate/json.hpp>
+#include <fingate/topic.hpp>
+#include <fstream>
 #include <fingate/plugin_loader.hpp>
 #include <map>
 #include <sstream>
@@ -155,6 +157,15 @@ void validateConfig(const Config& cfg) {
     } catch (const PluginError& err) {
       rethrowCreateError(cfg, e, err);
     }
+    // A migration moves broker-side bindings: a session transport's bindings belong to client
+    // connections of this gateway, which a cutover cannot move.
+    const auto& m = cfg.migration;
+    if ((e.name == m.from || e.name == m.to) && (lib->capabilities() & FG_CAP_SESSIONS))
+      throw ConfigError(cfg.file, e.name == m.from ? m.from_mark : m.to_mark,
+                        "migration." + std::string(e.name == m.from ? "from" : "to") + ": endpoint '" + e.name +
+                            "' uses plugin '" + e.plugin +
+                            "', a session transport (clients connect to the gateway); a migration moves fins "
+                            "between broker endpoints (mqtt, kafka)");
   }
 }
 
@@ -200,6 +211,13 @@ Gateway::Gateway(Config cfg) : cfg_(std::move(cfg)) {
       return false;
     });
     if (registry_.size()) spdlog::info("restored {} fin binding(s) from {}", registry_.size(), registry_.stateFile());
+  }
+  if (cfg_.migration.configured()) {
+    loadMigrationState(cfg_.migration);  // an admin switch made before a restart stays
+    size_t moved = router_->setMigration(pairOf(cfg_.migration));
+    spdlog::info("migration {} -> {}: active side {}, mirror {}{}", cfg_.migration.from, cfg_.migration.to,
+                 pairOf(cfg_.migration).active(), cfg_.migration.mirror ? "on" : "off",
+                 moved ? " (" + std::to_string(moved) + " restored binding(s) moved to it)" : "");
   }
   endpoints_ = buildEndpoints(cfg_, {});
   router_->setRoutes(routesOf(cfg_));
@@ -324,7 +342,26 @@ void Gateway::replayLoop() {
   }
 }
 
-bool Gateway::reload(const Config& next, std::string& error) {
+bool Gateway::reload(const Config& next, std::string& error) { return apply(next, false, error); }
+
+bool Gateway::apply(const Config& given, bool migration_from_next, std::string& error) {
+  Config effective = given;
+  if (!migration_from_next && effective.migration.configured()) {
+    // The file names the pair; where it stands (active side, mirror) is the admin API's, kept
+    // while the file names the same pair (and across restarts in the state directory).
+    MigrationConfig running;
+    {
+      std::lock_guard lk(mu_);
+      running = cfg_.migration;
+    }
+    if (running.from == effective.migration.from && running.to == effective.migration.to) {
+      effective.migration.to_active = running.to_active;
+      effective.migration.mirror = running.mirror;
+    } else {
+      loadMigrationState(effective.migration);
+    }
+  }
+  const Config& next = effective;
   try {
     validateConfig(next);
   } catch (const std::exception& e) {
@@ -391,6 +428,27 @@ bool Gateway::reload(const Config& next, std::string& error) {
   router_->setLimits(next.limits);
   router_->setSubscribeTimeout(next.subscribe_timeout_ms);
   router_->setRegistryEndpoint(next.cluster.registry_endpoint);
+  {
+    const MigrationPair before = router_->migration(), after = pairOf(next.migration);
+    last_moved_ = router_->setMigration(after);
+    if (after.configured() && (before.active() != after.active() || before.mirror != after.mirror ||
+                               before.from != after.from || before.to != after.to)) {
+      spdlog::info("migration {} -> {}: active side {}, mirror {} ({} binding(s) moved)", after.from, after.to,
+                   after.active(), after.mirror ? "on" : "off", last_moved_);
+      if (before.active() != after.active()) {
+        std::lock_guard ml(mig_mu_);
+        switched_at_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+        switched_steady_ = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::steady_clock::now().time_since_epoch())
+                               .count();
+      }
+    } else if (!after.configured() && before.configured()) {
+      spdlog::info("migration {} -> {}: ended (no migration block any more)", before.from, before.to);
+    }
+    if (after.configured()) saveMigrationState(next.migration);
+  }
   // 2. Then what goes drains and stops. Freed later, on this thread, once nothing else holds it.
   for (auto& e : gone) {
     e->drain(std::chrono::milliseconds(std::min<uint32_t>(cfg_.drain_timeout_ms, 2000)));
@@ -575,6 +633,17 @@ std::string Gateway::metricsText() const {
   o << "fingate_bindings " << registry_.size() << '\n';
   head("fingate_subscriptions", "gauge", "Transport subscriptions the router holds.");
   o << "fingate_subscriptions " << router_->subscriptionCount() << '\n';
+  if (cfg_.migration.configured()) {
+    const auto& m = cfg_.migration;
+    head("fingate_migration_mirrored_total", "counter", "Copies the migration mirror published, by the side they went to.");
+    o << "fingate_migration_mirrored_total{endpoint=\"" << label(m.from) << "\"} " << c.mirrored_to_from.load() << '\n';
+    o << "fingate_migration_mirrored_total{endpoint=\"" << label(m.to) << "\"} " << c.mirrored_to_to.load() << '\n';
+    head("fingate_migration_mirror_failed_total", "counter", "Mirror copies that were dead-lettered.");
+    o << "fingate_migration_mirror_failed_total " << c.mirror_failed.load() << '\n';
+    head("fingate_migration_active", "gauge", "1 for the active side of the migration, 0 for the passive one.");
+    o << "fingate_migration_active{endpoint=\"" << label(m.from) << "\"} " << (m.to_active ? 0 : 1) << '\n';
+    o << "fingate_migration_active{endpoint=\"" << label(m.to) << "\"} " << (m.to_active ? 1 : 0) << '\n';
+  }
   return o.str();
 }
 
@@ -676,6 +745,282 @@ std::string Gateway::endpointsJson() const {
   }
   j += "]}\n";
   return j;
+}
+
+// ---- migration (docs/migration.md) ------------------------------------------------------------
+
+namespace {
+int64_t wallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+int64_t steadyNowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+std::string errorJson(const std::string& message) {
+  std::string j = "{\"error\":";
+  jstr(j, message);
+  return j + "}\n";
+}
+bool unsignedParam(const std::map<std::string, std::string>& p, const char* key, uint64_t& out) {
+  auto it = p.find(key);
+  if (it == p.end()) return true;  // optional: 0
+  if (it->second.empty() || it->second.size() > 19 || it->second.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  out = std::stoull(it->second);
+  return true;
+}
+}  // namespace
+
+MigrationPair Gateway::pairOf(const MigrationConfig& m) {
+  MigrationPair p;
+  if (!m.configured()) return p;
+  p.from = m.from;
+  p.to = m.to;
+  p.to_active = m.to_active;
+  p.mirror = m.mirror;
+  return p;
+}
+
+std::string Gateway::migrationStateFile() const {
+  return cfg_.state_dir.empty() ? "" : cfg_.state_dir + "/migration.json";
+}
+
+void Gateway::saveMigrationState(const MigrationConfig& m) const {
+  const std::string path = migrationStateFile();
+  if (path.empty()) return;
+  std::string j = "{\"from\":";
+  jstr(j, m.from);
+  j += ",\"to\":";
+  jstr(j, m.to);
+  j += ",\"active\":";
+  jstr(j, m.to_active ? m.to : m.from);
+  j += std::string(",\"mirror\":") + (m.mirror ? "true" : "false") + "}\n";
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << j;
+    f.flush();
+    if (!f) {
+      spdlog::error("migration: cannot write {}: the switch holds until a restart only", tmp);
+      return;
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) spdlog::error("migration: cannot rename {} to {}: {}", tmp, path, ec.message());
+}
+
+void Gateway::loadMigrationState(MigrationConfig& m) const {
+  const std::string path = migrationStateFile();
+  if (path.empty() || !std::filesystem::exists(path)) return;
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string error;
+  auto j = parseJson(ss.str(), error);
+  if (!j || j->type != Json::Type::Object) {
+    spdlog::warn("migration: {} is not readable ({}); the config file's state applies", path, error);
+    return;
+  }
+  if (j->str("from") != m.from || j->str("to") != m.to) return;  // another pair: the file's state applies
+  const std::string active = j->str("active");
+  if (active != m.from && active != m.to) return;
+  m.to_active = active == m.to;
+  m.mirror = j->flag("mirror", m.mirror);
+}
+
+bool Gateway::cutoverAllowed(const MigrationConfig& m, std::string& why) const {
+  if (m.to_active) {
+    why = "already cut over: the active side is " + m.to + " (fingate migrate rollback switches back)";
+    return false;
+  }
+  if (!m.mirror) {
+    why = "the mirror is off: fins still on " + m.from +
+          " would get nothing after a cutover (turn it on with fingate migrate mirror, then verify)";
+    return false;
+  }
+  if (!verify_) {
+    why = "no verify report yet: run fingate migrate verify";
+    return false;
+  }
+  if (!verify_->parity) {
+    why = "the last verify found differences (fingate migrate verify --json names them); verify again once they are "
+          "explained";
+    return false;
+  }
+  if (verify_->at_steady < switched_steady_ || verify_->active != m.from) {
+    why = "the last verify was made before the last switch: verify again";
+    return false;
+  }
+  const int64_t age_s = (steadyNowMs() - verify_->at_steady) / 1000;
+  if (age_s > static_cast<int64_t>(m.verify_max_age_s)) {
+    why = "the last verify is " + std::to_string(age_s) + " s old (migration.verify_max_age_s is " +
+          std::to_string(m.verify_max_age_s) + "): verify again";
+    return false;
+  }
+  const uint64_t failed = router_->counters().mirror_failed.load();
+  if (failed > verify_->mirror_failed_at) {
+    why = std::to_string(failed - verify_->mirror_failed_at) +
+          " mirror copies failed since the last verify (GET /v1/dead-letters shows them): verify again";
+    return false;
+  }
+  return true;
+}
+
+std::string Gateway::migrationJson(int& status) const {
+  MigrationConfig m;
+  {
+    std::lock_guard lk(mu_);
+    m = cfg_.migration;
+  }
+  if (!m.configured()) {
+    status = 404;
+    return errorJson("no migration configured (add a migration: block to the config)");
+  }
+  status = 200;
+  const MigrationPair p = pairOf(m);
+  size_t on_from = 0, on_to = 0;
+  for (auto& b : registry_.snapshot()) {
+    if (b.endpoint == m.from) ++on_from;
+    if (b.endpoint == m.to) ++on_to;
+  }
+  const auto& c = router_->counters();
+  std::string j = "{\"from\":";
+  jstr(j, m.from);
+  j += ",\"to\":";
+  jstr(j, m.to);
+  j += ",\"active\":";
+  jstr(j, p.active());
+  j += ",\"passive\":";
+  jstr(j, p.passive());
+  j += std::string(",\"mirror\":") + (m.mirror ? "true" : "false");
+  j += ",\"mirrored\":{";
+  jstr(j, m.from);
+  j += ":" + std::to_string(c.mirrored_to_from.load()) + ",";
+  jstr(j, m.to);
+  j += ":" + std::to_string(c.mirrored_to_to.load()) + "}";
+  j += ",\"mirror_failed\":" + std::to_string(c.mirror_failed.load());
+  j += ",\"bindings\":{";
+  jstr(j, m.from);
+  j += ":" + std::to_string(on_from) + ",";
+  jstr(j, m.to);
+  j += ":" + std::to_string(on_to) + "}";
+  std::lock_guard ml(mig_mu_);
+  j += ",\"switched_at\":";
+  jstr(j, switched_at_ms_ ? rfc3339(switched_at_ms_ / 1000) : "");
+  j += ",\"verify\":";
+  if (!verify_) {
+    j += "null";
+  } else {
+    j += std::string("{\"parity\":") + (verify_->parity ? "true" : "false") + ",\"at\":";
+    jstr(j, rfc3339(verify_->at_ms / 1000));
+    j += ",\"age_s\":" + std::to_string((steadyNowMs() - verify_->at_steady) / 1000) + ",\"active\":";
+    jstr(j, verify_->active);
+    j += ",\"messages\":" + std::to_string(verify_->messages) + ",\"topics\":" + std::to_string(verify_->topics);
+    j += ",\"report\":" + (verify_->body.empty() ? std::string("null") : verify_->body) + "}";
+  }
+  std::string why;
+  const bool allowed = cutoverAllowed(m, why);
+  j += std::string(",\"cutover_allowed\":") + (allowed ? "true" : "false") + ",\"cutover_refused_because\":";
+  jstr(j, why);
+  j += "}\n";
+  return j;
+}
+
+int Gateway::migrationAction(const std::string& action, const std::map<std::string, std::string>& params,
+                             const std::string& body, std::string& reply) {
+  std::lock_guard al(mig_action_mu_);
+  Config cur;
+  {
+    std::lock_guard lk(mu_);
+    cur = cfg_;
+  }
+  if (!cur.migration.configured()) {
+    reply = errorJson("no migration configured (add a migration: block to the config)");
+    return 404;
+  }
+  auto switchTo = [&](Config next, const char* what) {
+    std::string error;
+    if (!apply(next, true, error)) {
+      reply = errorJson(std::string(what) + " refused by the reload: " + error);
+      return 409;
+    }
+    return 200;
+  };
+  if (action == "mirror") {
+    auto it = params.find("enabled");
+    if (it == params.end() || (it->second != "true" && it->second != "false")) {
+      reply = errorJson("give enabled=true or enabled=false");
+      return 400;
+    }
+    Config next = cur;
+    next.migration.mirror = it->second == "true";
+    if (next.migration.mirror != cur.migration.mirror && switchTo(next, "mirror") != 200) return 409;
+    reply = std::string("{\"mirror\":") + (next.migration.mirror ? "true" : "false") + "}\n";
+    return 200;
+  }
+  if (action == "verify") {
+    auto it = params.find("parity");
+    VerifyReport r;
+    if (it == params.end() || (it->second != "true" && it->second != "false") ||
+        !unsignedParam(params, "messages", r.messages) || !unsignedParam(params, "topics", r.topics)) {
+      reply = errorJson("give parity=true|false (and messages=N, topics=N) with the report as the body");
+      return 400;
+    }
+    if (!body.empty()) {
+      std::string error;
+      auto j = parseJson(body, error);
+      if (!j || j->type != Json::Type::Object) {
+        reply = errorJson("the report is not a JSON object: " + error);
+        return 400;
+      }
+    }
+    r.parity = it->second == "true";
+    r.at_ms = wallMs();
+    r.at_steady = steadyNowMs();
+    r.active = pairOf(cur.migration).active();
+    r.mirror_failed_at = router_->counters().mirror_failed.load();
+    r.body = body;
+    while (!r.body.empty() && (r.body.back() == '\n' || r.body.back() == ' ')) r.body.pop_back();
+    spdlog::info("migration: verify report stored: {} ({} message(s), {} topic(s))",
+                 r.parity ? "parity" : "DIFFERENCES", r.messages, r.topics);
+    {
+      std::lock_guard ml(mig_mu_);
+      verify_ = std::move(r);
+    }
+    reply = "{\"stored\":true}\n";
+    return 200;
+  }
+  if (action == "cutover" || action == "rollback") {
+    const bool cutover = action == "cutover";
+    if (cutover) {
+      std::string why;
+      bool ok;
+      {
+        std::lock_guard ml(mig_mu_);
+        ok = cutoverAllowed(cur.migration, why);
+      }
+      if (!ok) {
+        spdlog::warn("migration: cutover refused: {}", why);
+        reply = errorJson("cutover refused: " + why);
+        return 409;
+      }
+    } else if (!cur.migration.to_active) {
+      reply = errorJson("nothing to roll back: the active side is already " + cur.migration.from);
+      return 409;
+    }
+    Config next = cur;
+    next.migration.to_active = cutover;
+    if (switchTo(next, action.c_str()) != 200) return 409;
+    std::string j = "{\"active\":";
+    jstr(j, cutover ? cur.migration.to : cur.migration.from);
+    reply = j + ",\"moved\":" + std::to_string(last_moved_) + "}\n";
+    return 200;
+  }
+  reply = errorJson("unknown migration action '" + action + "' (mirror, verify, cutover, rollback)");
+  return 404;
 }
 
 }  // namespace fingate

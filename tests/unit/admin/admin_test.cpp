@@ -51,6 +51,8 @@ AdminViews stubViews(std::atomic<bool>* ready = nullptr) {
       {},
       {},
       {},
+      {},
+      {},
   };
 }
 

@@ -558,3 +558,50 @@ TEST(ConfigTest, ClusterRegistryEndpoint) {
   EXPECT_EQ(where(errorOf("cluster: { registry: bus }\n" + eps)),
             "1:12: cluster.registry: unknown key (expected registry_endpoint)");
 }
+
+// ---- migration: ------------------------------------------------------------------------------
+
+namespace {
+const char* kPair = R"(endpoints:
+  soarca: { plugin: mqtt, role: orchestrator, url: tcp://127.0.0.1:1883 }
+  old: { plugin: mqtt, role: fins, url: tcp://127.0.0.1:1884 }
+  new: { plugin: kafka, role: fins, brokers: 127.0.0.1:9092 }
+)";
+}  // namespace
+
+TEST(ConfigMigration, ReadsEveryKey) {
+  Config c = fingate::parseConfig(std::string(kPair) + R"(migration:
+  from: old
+  to: new
+  active: to
+  mirror: true
+  verify_max_age_s: 60
+)",
+                                  "m.yaml");
+  ASSERT_TRUE(c.migration.configured());
+  EXPECT_EQ(c.migration.from, "old");
+  EXPECT_EQ(c.migration.to, "new");
+  EXPECT_TRUE(c.migration.to_active);
+  EXPECT_TRUE(c.migration.mirror);
+  EXPECT_EQ(c.migration.verify_max_age_s, 60u);
+  Config d = fingate::parseConfig(std::string(kPair) + "migration: { from: old, to: new }\n", "m.yaml");
+  EXPECT_FALSE(d.migration.to_active);
+  EXPECT_FALSE(d.migration.mirror);
+  EXPECT_EQ(d.migration.verify_max_age_s, 600u);
+  EXPECT_FALSE(fingate::parseConfig(kPair, "m.yaml").migration.configured());
+}
+
+TEST(ConfigMigration, ErrorsNameTheKey) {
+  EXPECT_EQ(where(errorOf(std::string(kPair) + "migration: { from: old, to: nope }\n")),
+            "5:29: migration.to: unknown endpoint 'nope' (endpoints: soarca, old, new)");
+  EXPECT_EQ(where(errorOf(std::string(kPair) + "migration: { from: soarca, to: new }\n")),
+            "5:20: migration.from: endpoint 'soarca' has role orchestrator; both sides of a migration must be role fins");
+  EXPECT_EQ(where(errorOf(std::string(kPair) + "migration: { from: old, to: old }\n")),
+            "5:29: migration.to: must name another endpoint than 'from'");
+  EXPECT_EQ(where(errorOf(std::string(kPair) + "migration: { to: new }\n")),
+            "5:1: migration: 'from' is required (the endpoint the fins are on now)");
+  EXPECT_EQ(where(errorOf(std::string(kPair) + "migration: { from: old, to: new, active: new }\n")).substr(0, 24),
+            "5:42: migration.active: ");
+  EXPECT_EQ(where(errorOf(std::string(kPair) + "migration: { from: old, to: new, cutover: true }\n")),
+            "5:34: migration.cutover: unknown key (expected from, to, active, mirror, verify_max_age_s)");
+}
