@@ -115,13 +115,14 @@ class Soarca {
     receiver_ = std::thread([this] { receive(); });
     sender_ = std::thread([this] { send(); });
   }
-  // Stops sending, waits (bounded) for the results still due, then stops receiving. Idempotent.
-  void stop() {
+  // Stops sending, waits (bounded by `drain`) for the results still due, then stops receiving.
+  // Idempotent.
+  void stop(std::chrono::milliseconds drain = 60s) {
     stop_sending_ = true;
     resume();
     if (sender_.joinable()) sender_.join();
     if (receiver_.joinable()) {
-      waitFor([&] { return pending() == 0; }, 60s);
+      waitFor([&] { return pending() == 0; }, drain);
       waitFor([&] { return false; }, 300ms);  // late duplicates still get SOARCA's ack
       stop_receiving_ = true;
       receiver_.join();
@@ -414,13 +415,16 @@ class Migrate : public ::testing::Test {
   }
 
   void TearDown() override {
-    if (soarca) soarca->stop();
+    const bool failed = HasFailure();
+    if (failed) {
+      std::cerr << "---- fingate migrate runs ----\n" << cli_log.str();
+      if (soarca) std::cerr << "---- commands without a result:" << soarca->pendingIds() << "\n";
+      if (gw) std::cerr << "---- GET /v1/migration ----\n" << httpGet(gw->adminPort(), "/v1/migration").body << "\n";
+      if (gw) std::cerr << "---- fingate log ----\n" << gw->log() << "\n";
+    }
+    if (soarca) soarca->stop(failed ? 2s : 60s);  // after a failure: no long drain under ctest's timeout
     if (mqtt_fin) mqtt_fin->stop();
     if (kafka_fin) kafka_fin->stop();
-    if (!HasFailure()) return;
-    std::cerr << "---- fingate migrate runs ----\n" << cli_log.str();
-    if (gw) std::cerr << "---- GET /v1/migration ----\n" << httpGet(gw->adminPort(), "/v1/migration").body << "\n";
-    if (gw) std::cerr << "---- fingate log ----\n" << gw->log() << "\n";
   }
 
   // `fingate migrate <step> -c <the gateway's config> --admin 127.0.0.1:<its admin port> <args>`.
