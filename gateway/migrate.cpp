@@ -616,6 +616,8 @@ int verify(const MigrateArgs& a, const Config& cfg, const Admin& ad) {
   p.grace_s = a.grace_s;
   p.window_s = a.window_s;
   p.allow_idle = a.allow_idle;
+  for (const std::string& t : topics)
+    if (!hasWildcard(t)) p.topics.push_back(t);  // a -t filter is not a topic of its own
   const VerifyReport report = matchObservations(seen, p);
   std::string body = reportJson(report);
   out(a.json ? body : reportTable(report));

@@ -110,6 +110,7 @@ VerifyReport matchObservations(const std::vector<Observed>& seen, const VerifyPa
     if (o.side != 0 && o.side != 1) continue;
     groups[o.topic][o.sha256][o.side].push_back(&o);
   }
+  for (const std::string& t : params.topics) groups[t];  // silent topics are listed too
   auto earlier = [](const Observed* a, const Observed* b) {
     return a->seen_at_ms != b->seen_at_ms ? a->seen_at_ms < b->seen_at_ms : a->seq < b->seq;
   };
@@ -145,7 +146,8 @@ VerifyReport matchObservations(const std::vector<Observed>& seen, const VerifyPa
             first = o;
         }
     }
-    if (t.count[0] + t.count[1] == 0) continue;  // nothing of this topic in the window
+    const bool listed = std::find(params.topics.begin(), params.topics.end(), topic) != params.topics.end();
+    if (t.count[0] + t.count[1] == 0 && !listed) continue;  // nothing of this topic in the window
     for (int s = 0; s < 2; ++s) t.digest[s] = digestOf(std::move(hashes[s]));
     if (first)
       t.first_difference = FirstDifference{first->side, first->seen_at_ms, first->message_id,

@@ -56,6 +56,8 @@ struct VerifyParams {
   double grace_s = 2;
   double window_s = 10;
   bool allow_idle = false;
+  // Every topic observed: each is in the report, a silent one with zero counts (parity).
+  std::vector<std::string> topics;
 };
 
 struct FirstDifference {
@@ -79,7 +81,7 @@ struct VerifyReport {
   std::string reason;                  // empty with parity
   std::array<uint64_t, 2> messages{};  // counted per side
   uint64_t compared = 0;               // distinct counted messages (a matched pair once)
-  std::vector<TopicResult> topics;     // topics with a counted message, by name
+  std::vector<TopicResult> topics;     // every observed topic (params.topics) and any other with a message, by name
   std::vector<std::string> differing_topics;
 };
 

@@ -306,3 +306,20 @@ TEST(VerifyTime, Rfc3339) {
   EXPECT_EQ(rfc3339Ms(1'700'000'000'123), "2023-11-14T22:13:20.123Z");
   EXPECT_EQ(rfc3339Ms(5), "1970-01-01T00:00:00.005Z");
 }
+
+TEST(VerifyMatcher, EveryObservedTopicIsListedASilentOneWithZeroCounts) {
+  Seen s;
+  s.add(0, "cap-1", result("r1"), kWindowFrom + 10);
+  s.add(1, "cap-1", result("r1"), kWindowFrom + 20);
+  VerifyParams p = params();
+  p.topics = {"soarca", "fin-1", "cap-1"};
+  const VerifyReport r = matchObservations(s.all, p);
+  EXPECT_TRUE(r.parity) << r.reason;
+  ASSERT_EQ(r.topics.size(), 3u);
+  const TopicResult* silent = topic(r, "fin-1");
+  ASSERT_NE(silent, nullptr);
+  EXPECT_TRUE(silent->parity());
+  EXPECT_EQ(silent->count[0] + silent->count[1], 0u);
+  EXPECT_EQ(silent->digest[0], silent->digest[1]);
+  EXPECT_NE(reportJson(r).find("\"topics_checked\":3"), std::string::npos);
+}
