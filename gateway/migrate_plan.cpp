@@ -66,8 +66,33 @@ bool readMigrationState(const Json& j, MigrationState& m, std::string& error) {
   }
   m.cutover_allowed = j.flag("cutover_allowed");
   m.cutover_refused_because = j.str("cutover_refused_because");
+  if (const Json* fins = j.get("fins"); fins && fins->type == Json::Type::Array)
+    for (const Json& f : fins->array) {
+      const Json* age = f.get("last_seen_age_s");
+      auto side = [&](const std::string& name) {
+        const Json* v = age ? age->get(name) : nullptr;
+        return v && v->type == Json::Type::Number ? v->number : -1.0;
+      };
+      m.heard[f.str("fin_id")] = MigrationState::Heard{side(m.from), side(m.to)};
+    }
   return true;
 }
+
+std::vector<std::string> heardOn(const MigrationState& m, bool to_side, double within_s) {
+  std::vector<std::string> out;
+  for (auto& [fin, h] : m.heard) {
+    const double s = to_side ? h.to_s : h.from_s;
+    if (s >= 0 && s <= within_s) out.push_back(fin);
+  }
+  return out;
+}
+
+namespace {
+std::string heardText(const MigrationState::Heard& h, const std::string& from, const std::string& to) {
+  auto one = [](double s) { return s < 0 ? std::string("never") : ago(s); };
+  return "last heard on " + from + ": " + one(h.from_s) + ", on " + to + ": " + one(h.to_s);
+}
+}  // namespace
 
 std::string statusText(const MigrationState& m) {
   std::string out = "migration: " + m.from + " -> " + m.to + "\n";
@@ -79,6 +104,10 @@ std::string statusText(const MigrationState& m) {
          ", dead-lettered: " + std::to_string(m.mirror_failed) + "\n";
   out += "bindings:  " + m.from + " " + std::to_string(m.bindings_from) + ", " + m.to + " " +
          std::to_string(m.bindings_to) + "\n";
+  // Which broker the fins really speak on: the old endpoint can go once none is heard there.
+  const auto on_from = heardOn(m, false, 60), on_to = heardOn(m, true, 60);
+  out += "fins:      heard in the last 60 s on " + m.from + ": " + std::to_string(on_from.size()) + ", on " + m.to +
+         ": " + std::to_string(on_to.size()) + " (of " + std::to_string(m.heard.size()) + ")\n";
   if (!m.has_verify)
     out += "verify:    no report yet (fingate migrate verify)\n";
   else
@@ -121,7 +150,8 @@ Plan makePlan(const MigrationState& m, const Json& fins) {
       else if (ep == passive)
         stay("already on '" + passive + "', where the switch moves bindings to");
       else {
-        PlanMove mv{fin_id, {}, ep, b.flag("acked")};
+        PlanMove mv{fin_id, {}, ep, b.flag("acked"), {}};
+        if (auto h = m.heard.find(fin_id); h != m.heard.end()) mv.heard = h->second;
         if (const Json* caps = b.get("capabilities"); caps && caps->type == Json::Type::Array)
           for (const Json& c : caps->array)
             if (c.type == Json::Type::String) mv.capabilities.push_back(c.string);
@@ -160,6 +190,12 @@ std::string planJson(const Plan& p) {
     appendJsonString(j, m.endpoint);
     j += ",\"acked\":";
     j += m.acked ? "true" : "false";
+    auto age = [](double v) { return v < 0 ? std::string("null") : numberText(std::floor(v)); };
+    j += ",\"last_seen_age_s\":{";
+    appendJsonString(j, p.from);
+    j += ':' + age(m.heard.from_s) + ',';
+    appendJsonString(j, p.to);
+    j += ':' + age(m.heard.to_s) + '}';
     j += '}';
   }
   j += "],\"stay\":[";
@@ -191,6 +227,7 @@ std::string planText(const Plan& p) {
   for (const PlanMove& m : p.move) {
     out += "  " + m.fin_id + " on " + m.endpoint;
     out += m.capabilities.empty() ? std::string(", no capabilities") : ", capabilities: " + join(m.capabilities);
+    out += "\n    " + heardText(m.heard, p.from, p.to);
     if (!m.acked)
       out += "\n    note: not acked by SOARCA yet; it moves, and SOARCA's ack then goes to '" + target + "'";
     out += '\n';

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <fingate/json.hpp>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,16 @@ struct MigrationState {
   uint64_t verify_messages = 0, verify_topics = 0;
   bool cutover_allowed = false;
   std::string cutover_refused_because;
+  // Where each fin of the pair was last heard (seconds ago; < 0 = never): which fins still
+  // speak on which broker (GET /v1/migration "fins").
+  struct Heard {
+    double from_s = -1, to_s = -1;
+  };
+  std::map<std::string, Heard> heard;
 };
+
+// Fins heard on `side` ("from" or "to" side of m) within the last `within_s` seconds.
+std::vector<std::string> heardOn(const MigrationState& m, bool to_side, double within_s);
 
 // false with `error` when the answer lacks from/to/active or is not an object.
 bool readMigrationState(const Json& j, MigrationState& out, std::string& error);
@@ -37,6 +47,7 @@ struct PlanMove {
   std::vector<std::string> capabilities;
   std::string endpoint;
   bool acked = false;
+  MigrationState::Heard heard;  // last heard on each side
 };
 struct PlanStay {
   std::string fin_id;

@@ -207,6 +207,13 @@ class Router {
   // one step with the registry (Registry::redirect). Returns how many bindings moved.
   size_t setMigration(const MigrationPair& m);
   MigrationPair migration() const;
+  // When each fin was last heard on each side of the migration pair (wall clock ms, 0 = never),
+  // from the fin traffic the gateway accepted there: tells which fins still speak on the old
+  // broker. Cleared when the pair changes.
+  struct Sighting {
+    int64_t from_ms = 0, to_ms = 0;
+  };
+  std::map<std::string, Sighting> migrationSightings() const;
 
   // Makes the subscriptions the gateway always needs: `soarca` on orchestrator and fins
   // endpoints, every static route's filter, and the topics of restored bindings. Idempotent:
@@ -353,6 +360,9 @@ class Router {
   std::string registry_endpoint_;
   MigrationPair migration_;
   std::atomic<bool> migration_on_{false};
+  void sighted(const MigrationPair& mig, const std::string& side, const std::string& fin_id);
+  mutable std::mutex sightings_mu_;
+  std::map<std::string, Sighting> sightings_;
 
   enum class SubState { Pending, Confirmed, Refused };
   struct Sub {

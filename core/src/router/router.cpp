@@ -211,6 +211,10 @@ void Router::setRegistryEndpoint(const std::string& endpoint) {
 size_t Router::setMigration(const MigrationPair& m) {
   {
     std::lock_guard lk(config_mu_);
+    if (m.from != migration_.from || m.to != migration_.to) {
+      std::lock_guard sl(sightings_mu_);
+      sightings_.clear();
+    }
     migration_ = m;
     migration_on_.store(m.configured(), std::memory_order_release);
   }
@@ -219,6 +223,20 @@ size_t Router::setMigration(const MigrationPair& m) {
     return 0;
   }
   return registry_.redirect(m.passive(), m.active());
+}
+
+void Router::sighted(const MigrationPair& mig, const std::string& side, const std::string& fin_id) {
+  if (!mig.has(side)) return;
+  const int64_t now = nowMs();
+  std::lock_guard lk(sightings_mu_);
+  if (sightings_.size() >= 100000 && !sightings_.count(fin_id)) return;  // bounded: one entry per bound fin
+  auto& s = sightings_[fin_id];
+  (side == mig.from ? s.from_ms : s.to_ms) = now;
+}
+
+std::map<std::string, Router::Sighting> Router::migrationSightings() const {
+  std::lock_guard lk(sightings_mu_);
+  return sightings_;
 }
 
 MigrationPair Router::migration() const {
@@ -841,8 +859,8 @@ Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, E
   }
   // A fin topic: only its owner may speak there (a restored binding: once a session claimed it).
   // Both sides of a migration pair are the owner's place.
-  if (!migration().samePlace(owner->endpoint, src.name) ||
-      (src.sessions && (owner->restored || owner->session != m.session))) {
+  const MigrationPair mig = migration();
+  if (!mig.samePlace(owner->endpoint, src.name) || (src.sessions && (owner->restored || owner->session != m.session))) {
     reject(src, m, "foreign_topic",
            owner->restored && owner->endpoint == src.name
                ? "topic '" + m.topic + "' belongs to a restored binding that no session has claimed by a register yet"
@@ -850,6 +868,7 @@ Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, E
            &parsed.msg);
     return Outcome::Done;
   }
+  sighted(mig, src.name, owner->fin_id);
   toOrchestrators(eps, src, m);
   return Outcome::Done;
 }
@@ -926,6 +945,7 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
     reject(src, m, res.error, res.detail, &r, r.fin_id);
     return;
   }
+  sighted(migration(), src.name, b.fin_id);
   if (res.prev && res.prev->restored) {
     counters_.restored_claimed++;
     spdlog::info("fin '{}': restored binding claimed by a register from {} (session {})", b.fin_id.substr(0, 200),

@@ -907,6 +907,38 @@ std::string Gateway::migrationJson(int& status) const {
   j += ":" + std::to_string(on_from) + ",";
   jstr(j, m.to);
   j += ":" + std::to_string(on_to) + "}";
+  // Where each fin of the pair was last heard: who still speaks on which broker.
+  j += ",\"fins\":[";
+  const auto seen = router_->migrationSightings();
+  bool first = true;
+  auto when = [&](int64_t ms) {
+    if (!ms) return std::string("\"\"");
+    std::string t;
+    jstr(t, rfc3339(ms / 1000));
+    return t;
+  };
+  for (auto& b : registry_.snapshot()) {
+    if (b.endpoint != m.from && b.endpoint != m.to) continue;
+    auto it = seen.find(b.fin_id);
+    const Router::Sighting s = it == seen.end() ? Router::Sighting{} : it->second;
+    j += first ? "" : ",";
+    first = false;
+    j += "{\"fin_id\":";
+    jstr(j, b.fin_id);
+    j += ",\"endpoint\":";
+    jstr(j, b.endpoint);
+    j += ",\"last_seen\":{";
+    jstr(j, m.from);
+    j += ":" + when(s.from_ms) + ",";
+    jstr(j, m.to);
+    j += ":" + when(s.to_ms) + "},\"last_seen_age_s\":{";
+    const int64_t now = wallMs();
+    jstr(j, m.from);
+    j += ":" + (s.from_ms ? std::to_string((now - s.from_ms) / 1000) : std::string("null")) + ",";
+    jstr(j, m.to);
+    j += ":" + (s.to_ms ? std::to_string((now - s.to_ms) / 1000) : std::string("null")) + "}}";
+  }
+  j += "]";
   std::lock_guard ml(mig_mu_);
   j += ",\"switched_at\":";
   jstr(j, switched_at_ms_ ? rfc3339(switched_at_ms_ / 1000) : "");

@@ -150,3 +150,23 @@ TEST(MigrateStatus, RefusesAnAnswerWithoutTheSides) {
   EXPECT_FALSE(err.empty());
   EXPECT_FALSE(readMigrationState(parse("[1]"), m, err));
 }
+
+TEST(MigratePlan, ShowsWhereEachFinWasLastHeard) {
+  const std::string with_fins = std::string(kBefore).substr(0, std::string(kBefore).size() - 1) +
+                                R"(,"fins":[{"fin_id":"fin-a","endpoint":"old","last_seen":{"old":"x","new":""},)"
+                                R"("last_seen_age_s":{"old":3,"new":null}},)"
+                                R"({"fin_id":"fin-b","endpoint":"old","last_seen":{"old":"","new":"y"},)"
+                                R"("last_seen_age_s":{"old":null,"new":90}}]})";
+  const MigrationState m = state(with_fins);
+  ASSERT_EQ(m.heard.size(), 2u);
+  EXPECT_EQ(m.heard.at("fin-a").from_s, 3);
+  EXPECT_LT(m.heard.at("fin-a").to_s, 0);
+  EXPECT_EQ(heardOn(m, false, 60), (std::vector<std::string>{"fin-a"}));
+  EXPECT_TRUE(heardOn(m, true, 60).empty());  // fin-b spoke on new, but 90 s ago
+  EXPECT_EQ(heardOn(m, true, 120), (std::vector<std::string>{"fin-b"}));
+  EXPECT_NE(statusText(m).find("heard in the last 60 s on old: 1, on new: 0 (of 2)"), std::string::npos)
+      << statusText(m);
+  const Plan p = makePlan(m, parse(kFins));
+  EXPECT_NE(planText(p).find("last heard on old: 3 s ago, on new: never"), std::string::npos) << planText(p);
+  EXPECT_NE(planJson(p).find(R"("last_seen_age_s":{"old":3,"new":null})"), std::string::npos) << planJson(p);
+}

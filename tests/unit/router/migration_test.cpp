@@ -220,6 +220,20 @@ TEST_F(MigrationTest, AFailedMirrorCopyIsADeadLetterAndNoNack) {
   EXPECT_NE(dl[0].detail.find("mirror copy"), std::string::npos);
 }
 
+TEST_F(MigrationTest, EachFinIsSightedOnTheSideItSpeaksOn) {
+  registerOn("old");
+  auto seen = router->migrationSightings();
+  ASSERT_EQ(seen.count(kFin), 1u);
+  EXPECT_GT(seen.at(kFin).from_ms, 0);
+  EXPECT_EQ(seen.at(kFin).to_ms, 0);
+  router->route("new", env(kCap, kResult));  // the fin now speaks on the new broker
+  seen = router->migrationSightings();
+  EXPECT_GT(seen.at(kFin).to_ms, 0);
+  router->route("other", env("soarca", kRegister));  // outside the pair: not a sighting
+  router->route("old", env(kCap, "{\"type\":\"result\",")); // refused: not a sighting either
+  EXPECT_EQ(router->migrationSightings().size(), 1u);
+}
+
 TEST_F(MigrationTest, FinsElsewhereAreNotTouched) {
   router->route("other", env("soarca", kRegister));
   EXPECT_EQ(registry.lookup(kFin)->endpoint, "other");

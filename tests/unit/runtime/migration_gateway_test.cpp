@@ -75,6 +75,12 @@ TEST(MigrationAdmin, CutoverOnlyAfterAPassingVerifyWithTheMirrorOnThenRollback) 
     EXPECT_EQ(s.json.get("bindings")->num("old"), 1);
     EXPECT_FALSE(s.json.flag("cutover_allowed", true));
     EXPECT_TRUE(s.json.get("verify")->isNull());
+    // The fin was heard on the new side only.
+    const Json* fins = s.json.get("fins");
+    ASSERT_TRUE(fins && fins->array.size() == 1) << s.body;
+    EXPECT_EQ(fins->array[0].str("fin_id"), kFin);
+    EXPECT_TRUE(fins->array[0].get("last_seen_age_s")->get("old")->isNull());
+    EXPECT_EQ(fins->array[0].get("last_seen_age_s")->get("new")->type, Json::Type::Number);
 
     Answer c = call(gw, "POST", "/v1/migration/cutover");
     EXPECT_EQ(c.status, 409);
