@@ -17,7 +17,10 @@ struct Json {
   double number = 0;
   std::string string;
   std::vector<Json> array;
-  std::vector<std::pair<std::string, Json>> object;  // in document order
+  // An object's members, in document order: keys[i] names members[i] (two vectors: a
+  // pair<string, Json> member would need Json complete here).
+  std::vector<std::string> keys;
+  std::vector<Json> members;
 
   // The member `key` of an object (nullptr when absent or not an object).
   const Json* get(std::string_view key) const;

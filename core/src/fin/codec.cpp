@@ -1327,8 +1327,8 @@ namespace fingate {
 
 const Json* Json::get(std::string_view key) const {
   if (type != Type::Object) return nullptr;
-  for (auto& [k, v] : object)
-    if (k == key) return &v;
+  for (size_t i = 0; i < keys.size(); ++i)
+    if (keys[i] == key) return &members[i];
   return nullptr;
 }
 std::string Json::str(std::string_view key, std::string def) const {
@@ -1362,8 +1362,9 @@ bool toTree(dom::element e, Json& out, int depth, std::string& error) {
     case dom::element_type::OBJECT:
       out.type = Json::Type::Object;
       for (dom::key_value_pair kv : dom::object(e)) {
-        out.object.emplace_back(std::string(kv.key), Json{});
-        if (!toTree(kv.value, out.object.back().second, depth + 1, error)) return false;
+        out.keys.emplace_back(kv.key);
+        out.members.emplace_back();
+        if (!toTree(kv.value, out.members.back(), depth + 1, error)) return false;
       }
       return true;
     case dom::element_type::STRING:

@@ -918,3 +918,28 @@ TEST(FinCodecIds, DollarPrefixIsReserved) {
   EXPECT_EQ(fin::validateId("fin$1"), "");
   EXPECT_EQ(fin::validateId("a/$SYS"), "");
 }
+
+// The JSON tree the command-line tools read admin answers with (fingate/json.hpp).
+#include <fingate/json.hpp>
+
+TEST(JsonTree, ReadsEveryTypeInOrderAndRefusesWhatIsNotJson) {
+  std::string error;
+  auto j = fingate::parseJson(R"({"s":"x\u00e9","n":-2.5,"i":7,"t":true,"z":null,"a":[1,{"k":"v"}],"o":{}})", error);
+  ASSERT_TRUE(j) << error;
+  EXPECT_EQ(j->keys, (std::vector<std::string>{"s", "n", "i", "t", "z", "a", "o"}));
+  EXPECT_EQ(j->str("s"), "x\xc3\xa9");
+  EXPECT_EQ(j->num("n"), -2.5);
+  EXPECT_EQ(j->num("i"), 7);
+  EXPECT_TRUE(j->flag("t"));
+  EXPECT_TRUE(j->get("z")->isNull());
+  EXPECT_EQ(j->get("a")->array.at(1).str("k"), "v");
+  EXPECT_EQ(j->get("o")->type, fingate::Json::Type::Object);
+  EXPECT_EQ(j->get("missing"), nullptr);
+  EXPECT_EQ(j->str("n", "default"), "default");  // another type: the default
+  EXPECT_FALSE(fingate::parseJson("{\"a\":", error));
+  EXPECT_FALSE(error.empty());
+  std::string deep(70, '[');
+  deep += std::string(70, ']');
+  EXPECT_FALSE(fingate::parseJson(deep, error));
+  EXPECT_NE(error.find("64"), std::string::npos) << error;
+}
