@@ -244,6 +244,29 @@ TEST_F(MigrationTest, FinsElsewhereAreNotTouched) {
   EXPECT_FALSE(new_side.subscribed(kCap));
 }
 
+TEST_F(MigrationTest, ASharedBindingOfAnInstanceThatSwitchedLandsOnThisInstancesActiveSide) {
+  // Another instance of the group already cut over: its record names the new side.
+  router->setRegistryEndpoint("new");
+  router->subscribeBase();
+  FinBinding b;
+  b.fin_id = kFin;
+  b.endpoint = "new";
+  b.capabilities = {kCap};
+  b.acked = true;
+  router->route("new", env(kBindingsPrefix + kFin, bindingRecord(b)));
+  auto here = registry.lookup(kCap);
+  ASSERT_TRUE(here);
+  EXPECT_TRUE(here->remote);
+  EXPECT_EQ(here->endpoint, "old");  // this instance has not switched: its active side
+  EXPECT_TRUE(old_side.subscribed(kCap));
+  EXPECT_TRUE(new_side.subscribed(kCap));
+  mirror(true);
+  router->route("orch", env(kCap, kCommand));
+  EXPECT_EQ(old_side.take().size(), 1u);
+  EXPECT_EQ(mirrored(new_side.take()), 1u);
+  router->setRegistryEndpoint("");
+}
+
 TEST(RegistryRedirect, ABindingForTheRedirectedEndpointLandsOnItsTarget) {
   Registry r;
   FinBinding b;
