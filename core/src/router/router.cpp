@@ -209,8 +209,10 @@ void Router::setRegistryEndpoint(const std::string& endpoint) {
 }
 
 size_t Router::setMigration(const MigrationPair& m) {
+  MigrationPair before;
   {
     std::lock_guard lk(config_mu_);
+    before = migration_;
     if (m.from != migration_.from || m.to != migration_.to) {
       std::lock_guard sl(sightings_mu_);
       sightings_.clear();
@@ -218,6 +220,14 @@ size_t Router::setMigration(const MigrationPair& m) {
     migration_ = m;
     migration_on_.store(m.configured(), std::memory_order_release);
   }
+  // The pair ended (or changed): the other side's hold on each fin's topics goes with it.
+  if (before.configured() && (before.from != m.from || before.to != m.to))
+    for (auto& b : registry_.snapshot()) {
+      if (!before.has(b.endpoint)) continue;
+      const std::string& partner = before.other(b.endpoint);
+      if (m.samePlace(partner, b.endpoint)) continue;
+      for (auto& t : Registry::topicsOf(b)) release(partner, t);
+    }
   if (!m.configured()) {
     registry_.redirect("", "");
     return 0;

@@ -234,6 +234,22 @@ TEST_F(MigrationTest, EachFinIsSightedOnTheSideItSpeaksOn) {
   EXPECT_EQ(router->migrationSightings().size(), 1u);
 }
 
+TEST_F(MigrationTest, EndingTheMigrationReleasesThePassiveSidesHold) {
+  registerOn("old");
+  pair.to_active = true;
+  router->setMigration(pair);  // cut over: the fin is bound on new
+  ASSERT_TRUE(old_side.subscribed(kCap));
+  router->setMigration(MigrationPair{});  // the migration block is gone (finished)
+  EXPECT_FALSE(old_side.subscribed(kCap));
+  EXPECT_FALSE(old_side.subscribed(kFin));
+  EXPECT_TRUE(new_side.subscribed(kCap));  // the fin's own side keeps hearing it
+  EXPECT_TRUE(old_side.subscribed("soarca"));  // still a fins endpoint of its own
+  EXPECT_EQ(registry.lookup(kCap)->endpoint, "new");
+  // Unregistering later releases what is left, and nothing twice.
+  router->route("orch", env("soarca", vectorBytes("10-a-unregister.json")));
+  EXPECT_FALSE(new_side.subscribed(kCap));
+}
+
 TEST_F(MigrationTest, FinsElsewhereAreNotTouched) {
   router->route("other", env("soarca", kRegister));
   EXPECT_EQ(registry.lookup(kFin)->endpoint, "other");
