@@ -5,6 +5,7 @@
 #include <fingate/registry.hpp>
 #include <fingate/router.hpp>
 
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -93,13 +94,15 @@ class Gateway {
     std::string active;      // the active side when it was posted
     uint64_t messages = 0, topics = 0;
     uint64_t mirror_failed_at = 0;  // the mirror_failed counter when it was posted
+    uint64_t switches_at = 0;       // switches_ when it was posted (a switch since makes it stale)
     std::string body;               // the report as posted (JSON)
   };
   mutable std::mutex mig_mu_;  // the report and switch times (lock order: reload_mu_, then mig_mu_)
   std::optional<VerifyReport> verify_;
   std::mutex mig_action_mu_;  // one migration action at a time
-  size_t last_moved_ = 0;     // bindings the last apply() moved (under reload_mu_)
-  int64_t switched_at_ms_ = 0, switched_steady_ = 0;
+  std::atomic<size_t> last_moved_{0};  // bindings the last apply() moved
+  int64_t switched_at_ms_ = 0;
+  uint64_t switches_ = 0;  // changes of the active side (under mig_mu_)
 
   Config cfg_;
   Registry registry_;

@@ -434,15 +434,13 @@ bool Gateway::apply(const Config& given, bool migration_from_next, std::string& 
     if (after.configured() && (before.active() != after.active() || before.mirror != after.mirror ||
                                before.from != after.from || before.to != after.to)) {
       spdlog::info("migration {} -> {}: active side {}, mirror {} ({} binding(s) moved)", after.from, after.to,
-                   after.active(), after.mirror ? "on" : "off", last_moved_);
+                   after.active(), after.mirror ? "on" : "off", last_moved_.load());
       if (before.active() != after.active()) {
         std::lock_guard ml(mig_mu_);
         switched_at_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
                               std::chrono::system_clock::now().time_since_epoch())
                               .count();
-        switched_steady_ = std::chrono::duration_cast<std::chrono::milliseconds>(
-                               std::chrono::steady_clock::now().time_since_epoch())
-                               .count();
+        ++switches_;
       }
     } else if (!after.configured() && before.configured()) {
       spdlog::info("migration {} -> {}: ended (no migration block any more)", before.from, before.to);
@@ -850,7 +848,7 @@ bool Gateway::cutoverAllowed(const MigrationConfig& m, std::string& why) const {
           "explained";
     return false;
   }
-  if (verify_->at_steady < switched_steady_ || verify_->active != m.from) {
+  if (verify_->switches_at != switches_ || verify_->active != m.from) {
     why = "the last verify was made before the last switch: verify again";
     return false;
   }
@@ -1020,6 +1018,7 @@ int Gateway::migrationAction(const std::string& action, const std::map<std::stri
                  r.parity ? "parity" : "DIFFERENCES", r.messages, r.topics);
     {
       std::lock_guard ml(mig_mu_);
+      r.switches_at = switches_;
       verify_ = std::move(r);
     }
     reply = "{\"stored\":true}\n";
@@ -1048,7 +1047,7 @@ int Gateway::migrationAction(const std::string& action, const std::map<std::stri
     if (switchTo(next, action.c_str()) != 200) return 409;
     std::string j = "{\"active\":";
     jstr(j, cutover ? cur.migration.to : cur.migration.from);
-    reply = j + ",\"moved\":" + std::to_string(last_moved_) + "}\n";
+    reply = j + ",\"moved\":" + std::to_string(last_moved_.load()) + "}\n";
     return 200;
   }
   reply = errorJson("unknown migration action '" + action + "' (mirror, verify, cutover, rollback)");
