@@ -280,7 +280,8 @@ class Router {
   Outcome fromOrchestrator(const EndpointList& eps, RouterEndpoint& src, Envelope& m, const fin::ParseResult& parsed,
                            const BindingPtr& owner);
   // What a fins-side sender says on `soarca`, other than a register: allowed or refused.
-  bool finMaySay(RouterEndpoint& src, const Envelope& m, const fin::Routing& r, std::string& why);
+  bool finMaySay(const MigrationPair& mig, RouterEndpoint& src, const Envelope& m, const fin::Routing& r,
+                 std::string& why);
   bool routeStatic(const EndpointList& eps, RouterEndpoint& src, Envelope& m);
   void handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelope& m, const fin::Routing& r);
   void forwardRegister(const EndpointList& eps, const std::string& src_name, Envelope& m);
@@ -299,9 +300,9 @@ class Router {
   void mirror(const EndpointList& eps, const MigrationPair& mig, RouterEndpoint& src, const Envelope& m);
   void mirrorTo(const EndpointList& eps, const MigrationPair& mig, const std::string& target, OutMessage&& c);
   // Fin traffic accepted from src: to every orchestrator endpoint (and the mirror).
-  void toOrchestrators(const EndpointList& eps, RouterEndpoint& src, const Envelope& m);
+  void toOrchestrators(const EndpointList& eps, const MigrationPair& mig, RouterEndpoint& src, const Envelope& m);
   // The orchestrator's message for a fin: to the endpoint holding its binding (and the mirror).
-  void toFin(const EndpointList& eps, const std::string& dst, OutMessage&& m);
+  void toFin(const EndpointList& eps, const MigrationPair& mig, const std::string& dst, OutMessage&& m);
   OutMessage copyOut(const Envelope& m, std::string topic, uint64_t session, const std::string& src_name) const;
   OutMessage moveOut(Envelope& m, uint64_t session, const std::string& src_name) const;  // same topic, m emptied
   // Dead-letters m (refused by the rules); nacks it back to its sender when its message_id was readable.

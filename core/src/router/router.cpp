@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <fingate/clock.hpp>
 #include <fingate/fin_codec.hpp>
 #include <fingate/fin_compat.hpp>
 #include <fingate/plugin_loader.hpp>
@@ -15,15 +16,6 @@ namespace fingate {
 namespace {
 constexpr const char* kSoarca = "soarca";
 constexpr size_t kDeliveredIdsPerEndpoint = 4096;  // message ids a fins endpoint may ack on `soarca`
-
-int64_t nowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-int64_t steadyMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 // One reusable parse result per lane thread: no allocation per message once warm.
 fin::ParseResult& parseOnce(const Envelope& m) {
@@ -237,7 +229,7 @@ size_t Router::setMigration(const MigrationPair& m) {
 
 void Router::sighted(const MigrationPair& mig, const std::string& side, const std::string& fin_id) {
   if (!mig.has(side)) return;
-  const int64_t now = nowMs();
+  const int64_t now = wallMs();
   std::lock_guard lk(sightings_mu_);
   if (sightings_.size() >= 100000 && !sightings_.count(fin_id)) return;  // bounded: one entry per bound fin
   auto& s = sightings_[fin_id];
@@ -278,7 +270,7 @@ void Router::publishShared(const std::string& fin_id, const FinBinding* b) {
   OutMessage o;
   o.topic = kBindingsPrefix + fin_id;
   if (b) o.payload = bindingRecord(*b);  // empty = removed (a tombstone)
-  o.timestamp_ms = nowMs();
+  o.timestamp_ms = wallMs();
   o.origin = ep->name;
   counters_.registry_published++;
   ep->out->send(std::move(o));
@@ -628,7 +620,7 @@ void Router::deadLetter(const std::string& src, const Envelope& m, const std::st
                         fg_outcome o) {
   if (m.tracker) m.tracker->raise(o);
   DeadLetter d;
-  d.time_ms = nowMs();
+  d.time_ms = wallMs();
   d.endpoint = src;
   d.topic = m.topic;
   d.session = m.session;
@@ -645,7 +637,7 @@ void Router::deadLetter(const std::string& src, const Envelope& m, const std::st
 void Router::deliveryFailed(const std::string& endpoint, OutMessage&& m, const std::string& reason,
                             const std::string& detail) {
   DeadLetter d;
-  d.time_ms = nowMs();
+  d.time_ms = wallMs();
   d.endpoint = m.origin.empty() ? endpoint : m.origin;
   d.topic = m.topic;
   d.session = m.origin_session;
@@ -816,8 +808,8 @@ bool Router::wasDelivered(const std::string& endpoint, uint64_t session, const s
   return false;
 }
 
-bool Router::finMaySay(RouterEndpoint& src, const Envelope& m, const fin::Routing& r, std::string& why) {
-  const MigrationPair mig = migration();
+bool Router::finMaySay(const MigrationPair& mig, RouterEndpoint& src, const Envelope& m, const fin::Routing& r,
+                       std::string& why) {
   auto owns = [&](const std::string& id) {
     auto b = registry_.lookup(id);
     if (!b || !mig.samePlace(b->endpoint, src.name)) return false;
@@ -853,6 +845,7 @@ bool Router::finMaySay(RouterEndpoint& src, const Envelope& m, const fin::Routin
 Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, Envelope& m,
                                  const fin::ParseResult& parsed, const BindingPtr& owner) {
   const bool is_soarca = m.topic == kSoarca;
+  const MigrationPair mig = migration();  // once per message (no lock without a migration)
   if (is_soarca) {
     if (parsed.msg.type == fin::MsgType::Register) {
       handleRegister(eps, src, m, parsed.msg);
@@ -860,16 +853,15 @@ Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, E
     }
     // What else a fin may say on `soarca`: an unregister of its own ids, an ack/nack of what it got.
     std::string why;
-    if (!finMaySay(src, m, parsed.msg, why)) {
+    if (!finMaySay(mig, src, m, parsed.msg, why)) {
       reject(src, m, "not_allowed", why, &parsed.msg, kSoarca);
       return Outcome::Done;
     }
-    toOrchestrators(eps, src, m);
+    toOrchestrators(eps, mig, src, m);
     return Outcome::Done;
   }
   // A fin topic: only its owner may speak there (a restored binding: once a session claimed it).
   // Both sides of a migration pair are the owner's place.
-  const MigrationPair mig = migration();
   if (!mig.samePlace(owner->endpoint, src.name) || (src.sessions && (owner->restored || owner->session != m.session))) {
     reject(src, m, "foreign_topic",
            owner->restored && owner->endpoint == src.name
@@ -879,11 +871,12 @@ Router::Outcome Router::fromFins(const EndpointList& eps, RouterEndpoint& src, E
     return Outcome::Done;
   }
   sighted(mig, src.name, owner->fin_id);
-  toOrchestrators(eps, src, m);
+  toOrchestrators(eps, mig, src, m);
   return Outcome::Done;
 }
 
-void Router::toOrchestrators(const EndpointList& eps, RouterEndpoint& src, const Envelope& m) {
+void Router::toOrchestrators(const EndpointList& eps, const MigrationPair& mig, RouterEndpoint& src,
+                             const Envelope& m) {
   bool any = false;
   for (auto& e : eps)
     if (e->role == Role::Orchestrator) {
@@ -894,7 +887,7 @@ void Router::toOrchestrators(const EndpointList& eps, RouterEndpoint& src, const
     deadLetter(src.name, m, "no_orchestrator", "no orchestrator endpoint is configured");
     return;
   }
-  mirror(eps, migration(), src, m);
+  mirror(eps, mig, src, m);
 }
 
 void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelope& m, const fin::Routing& r) {
@@ -933,10 +926,11 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
   FinBinding b;
   b.fin_id = r.fin_id;
   b.endpoint = src.name;
-  if (const MigrationPair mig = migration(); mig.has(src.name)) b.endpoint = mig.active();  // one logical endpoint
+  const MigrationPair mig = migration();
+  if (mig.has(src.name)) b.endpoint = mig.active();  // one logical endpoint
   b.session = src.sessions ? m.session : 0;
   b.capabilities = r.capability_ids;
-  b.registered_at = nowMs() / 1000;
+  b.registered_at = wallMs() / 1000;
   b.register_message_id = r.message_id;
   b.register_payload = m.payload;
   if (auto prev = registry_.lookup(r.fin_id); prev && prev->acked && prev->endpoint == b.endpoint) {
@@ -955,7 +949,7 @@ void Router::handleRegister(const EndpointList& eps, RouterEndpoint& src, Envelo
     reject(src, m, res.error, res.detail, &r, r.fin_id);
     return;
   }
-  sighted(migration(), src.name, b.fin_id);
+  sighted(mig, src.name, b.fin_id);
   if (res.prev && res.prev->restored) {
     counters_.restored_claimed++;
     spdlog::info("fin '{}': restored binding claimed by a register from {} (session {})", b.fin_id.substr(0, 200),
@@ -1195,6 +1189,7 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
                                          const fin::ParseResult& parsed, const BindingPtr& owner) {
   const bool is_soarca = m.topic == kSoarca;
   const fin::Routing& r = parsed.msg;
+  const MigrationPair mig = migration();
   if (is_soarca) {
     // A register on the orchestrator's side is a fin living there, talking to SOARCA directly:
     // none of the gateway's fins needs it (filtered).
@@ -1239,10 +1234,10 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
       counters_.compat_nacks_to_acks++;
       OutMessage o = copyOut(m, m.topic, session, src.name);
       o.payload = fin::makeAck(r.message_id);
-      toFin(eps, owner->endpoint, std::move(o));
+      toFin(eps, mig, owner->endpoint, std::move(o));
       return Outcome::Done;
     } else {
-      toFin(eps, owner->endpoint, copyOut(m, m.topic, session, src.name));
+      toFin(eps, mig, owner->endpoint, copyOut(m, m.topic, session, src.name));
       if (auto undone = registry_.undo(owner->fin_id, r.message_id)) unsubscribeBindings({*undone});
       return Outcome::Done;
     }
@@ -1265,12 +1260,12 @@ Router::Outcome Router::fromOrchestrator(const EndpointList& eps, RouterEndpoint
       counters_.compat_variables_completed += static_cast<uint64_t>(st.variables_completed);
     }
   }
-  toFin(eps, owner_ep, std::move(out));
+  toFin(eps, mig, owner_ep, std::move(out));
   return Outcome::Done;
 }
 
-void Router::toFin(const EndpointList& eps, const std::string& dst, OutMessage&& m) {
-  mirror(eps, migration(), dst, m);  // the copy first: m is moved next
+void Router::toFin(const EndpointList& eps, const MigrationPair& mig, const std::string& dst, OutMessage&& m) {
+  mirror(eps, mig, dst, m);  // the copy first: m is moved next
   sendTo(eps, dst, std::move(m));
 }
 

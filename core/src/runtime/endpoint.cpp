@@ -3,15 +3,11 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <fingate/clock.hpp>
 
 namespace fingate {
 
 namespace {
-int64_t steadyNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-int64_t steadyMs() { return steadyNs() / 1000000; }
 // Set on lane threads: only they publish directly (a plugin thread reporting a delivery never
 // calls back into a plugin's publish; what it sends goes through the queues).
 thread_local bool t_on_lane = false;

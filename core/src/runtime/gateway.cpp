@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <ctime>
 #include <filesystem>
+#include <fingate/clock.hpp>
 #include <fingate/fin_codec.hpp>
 #include <fingate/gateway.hpp>
 #include <fingate/json.hpp>
@@ -437,9 +438,7 @@ bool Gateway::apply(const Config& given, bool migration_from_next, std::string& 
                    after.active(), after.mirror ? "on" : "off", last_moved_.load());
       if (before.active() != after.active()) {
         std::lock_guard ml(mig_mu_);
-        switched_at_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
-                              std::chrono::system_clock::now().time_since_epoch())
-                              .count();
+        switched_at_ms_ = wallMs();
         ++switches_;
       }
     } else if (!after.configured() && before.configured()) {
@@ -748,14 +747,6 @@ std::string Gateway::endpointsJson() const {
 // ---- migration (docs/migration.md) ------------------------------------------------------------
 
 namespace {
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-int64_t steadyNowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 std::string errorJson(const std::string& message) {
   std::string j = "{\"error\":";
   jstr(j, message);
@@ -852,7 +843,7 @@ bool Gateway::cutoverAllowed(const MigrationConfig& m, std::string& why) const {
     why = "the last verify was made before the last switch: verify again";
     return false;
   }
-  const int64_t age_s = (steadyNowMs() - verify_->at_steady) / 1000;
+  const int64_t age_s = (steadyMs() - verify_->at_steady) / 1000;
   if (age_s > static_cast<int64_t>(m.verify_max_age_s)) {
     why = "the last verify is " + std::to_string(age_s) + " s old (migration.verify_max_age_s is " +
           std::to_string(m.verify_max_age_s) + "): verify again";
@@ -946,7 +937,7 @@ std::string Gateway::migrationJson(int& status) const {
   } else {
     j += std::string("{\"parity\":") + (verify_->parity ? "true" : "false") + ",\"at\":";
     jstr(j, rfc3339(verify_->at_ms / 1000));
-    j += ",\"age_s\":" + std::to_string((steadyNowMs() - verify_->at_steady) / 1000) + ",\"active\":";
+    j += ",\"age_s\":" + std::to_string((steadyMs() - verify_->at_steady) / 1000) + ",\"active\":";
     jstr(j, verify_->active);
     j += ",\"messages\":" + std::to_string(verify_->messages) + ",\"topics\":" + std::to_string(verify_->topics);
     j += ",\"report\":" + (verify_->body.empty() ? std::string("null") : verify_->body) + "}";
@@ -1009,7 +1000,7 @@ int Gateway::migrationAction(const std::string& action, const std::map<std::stri
     }
     r.parity = it->second == "true";
     r.at_ms = wallMs();
-    r.at_steady = steadyNowMs();
+    r.at_steady = steadyMs();
     r.active = pairOf(cur.migration).active();
     r.mirror_failed_at = router_->counters().mirror_failed.load();
     r.body = body;
