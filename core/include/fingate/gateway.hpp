@@ -78,8 +78,9 @@ class Gateway {
   std::vector<std::shared_ptr<Endpoint>> buildEndpoints(const Config& cfg, const std::vector<std::string>& only);
   void publishEndpoints();
   static std::vector<RouteRule> routesOf(const Config& cfg);
-  // reload(), with the migration state taken from `next` (admin actions) or kept from the
-  // running gateway while the file names the same pair (SIGHUP).
+  // reload(), with the migration state taken from `next` (admin actions: the running config with
+  // another migration state, so not validated again) or kept from the running gateway while the
+  // file names the same pair (SIGHUP).
   bool apply(const Config& next, bool migration_from_next, std::string& error);
   static MigrationPair pairOf(const MigrationConfig& m);
   std::string migrationStateFile() const;

@@ -363,11 +363,15 @@ bool Gateway::apply(const Config& given, bool migration_from_next, std::string& 
     }
   }
   const Config& next = effective;
-  try {
-    validateConfig(next);
-  } catch (const std::exception& e) {
-    error = e.what();
-    return false;
+  // An admin migration action changes only the migration state of the running config, whose
+  // endpoints were validated when it was loaded: no plugin is probed again for it.
+  if (!migration_from_next) {
+    try {
+      validateConfig(next);
+    } catch (const std::exception& e) {
+      error = e.what();
+      return false;
+    }
   }
   // The new admin address is bound before anything changes (a clash refuses the reload and the
   // old listener stays); the listener no longer used stops after mu_ is released.
